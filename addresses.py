@@ -1,0 +1,81 @@
+"""Pure address logic: picking client addresses and working out who is calling."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Iterable, Sequence
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
+
+from config import IPNetwork
+
+IPAddress = IPv4Address | IPv6Address
+
+# Pools up to this size are enumerated, so a nearly full small subnet still finds its
+# last free address at once; larger ones are sampled at random.
+ENUMERATE_LIMIT = 1 << 16
+
+
+def is_reserved(subnet: IPv6Network, server: IPv6Address, address: IPv6Address) -> bool:
+    """Addresses never handed to a client: the subnet's zero address and the server's."""
+    return address in (subnet.network_address, server)
+
+
+def free_addresses(
+    subnet: IPv6Network, server: IPv6Address, taken: Iterable[str]
+) -> list[IPv6Address]:
+    """Every address of a small subnet that is neither reserved nor in `taken`."""
+    used = {int(IPv6Address(a)) for a in taken} | {int(subnet.network_address), int(server)}
+    first = int(subnet.network_address)
+    return [IPv6Address(n) for n in range(first, first + subnet.num_addresses) if n not in used]
+
+
+def random_candidates(
+    subnet: IPv6Network,
+    server: IPv6Address,
+    count: int,
+    randbelow: Callable[[int], int] = secrets.randbelow,
+) -> list[IPv6Address]:
+    """`count` distinct random unreserved addresses of a large subnet."""
+    first = int(subnet.network_address)
+    picked: dict[IPv6Address, None] = {}
+    while len(picked) < count:
+        address = IPv6Address(first + randbelow(subnet.num_addresses))
+        if not is_reserved(subnet, server, address):
+            picked[address] = None
+    return list(picked)
+
+
+def normalize_ip(text: str) -> IPAddress:
+    """Parse an address, dropping any IPv6 scope and unwrapping IPv4-mapped forms.
+
+    Raises `ValueError` for text that is not an IP address.
+    """
+    address = ipaddress.ip_address(text.strip().strip("[]").split("%", 1)[0])
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def is_trusted(address: IPAddress, trusted: Sequence[IPNetwork]) -> bool:
+    return any(address in network for network in trusted)
+
+
+def resolve_client_ip(
+    peer: str, forwarded_for: Sequence[str], trusted: Sequence[IPNetwork]
+) -> tuple[IPAddress, bool]:
+    """The real client address, and whether it came from a trusted proxy's header.
+
+    `X-Forwarded-For` is read only when the TCP peer is a trusted proxy; then the client
+    is the right-most entry that is not itself a trusted proxy. Raises `ValueError` when
+    an address that must be used cannot be parsed.
+    """
+    address = normalize_ip(peer)
+    if not forwarded_for or not is_trusted(address, trusted):
+        return address, False
+    hops = [hop.strip() for header in forwarded_for for hop in header.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        candidate = normalize_ip(hop)
+        if not is_trusted(candidate, trusted):
+            return candidate, True
+    return address, False

@@ -1,0 +1,302 @@
+"""Load and validate the YAML configuration into an immutable `Config` value.
+
+Everything past this module sees addresses as `ipaddress` objects and durations as
+`timedelta`. Any problem becomes one `ConfigError` naming the file, the field path and
+what is wrong, so that `main.py` can print a single sentence and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+DEFAULT_DATABASE = "/var/lib/wg-fleet/clients.db"
+DEFAULT_HOSTS_FILE = Path("/run/wg_fleet_hosts")
+DEFAULT_WIREGUARD_DIR = Path("/etc/wireguard")
+DEFAULT_HOST = "::"
+DEFAULT_PORT = 8000
+
+FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+FLEET_NAME_MAX = 12  # "wg_" + 12 characters fits Linux's 15-character interface names
+HOSTNAME_SEPARATOR = re.compile(r"[a-z0-9_-]{0,3}")
+DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
+DURATION_PART = re.compile(r"(\d+)([dhms])")
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `str()` is one sentence for the operator."""
+
+    def __init__(self, source: str, field: str, problem: str) -> None:
+        self.source = source
+        self.field = field
+        self.problem = problem
+        where = f"{source}: {field}" if field else source
+        super().__init__(f"{where}: {problem.rstrip('.')}.")
+
+
+class FieldProblem(ValueError):
+    """A cross-field validation failure that names the field it is about."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse `90s`, `30m`, `2h30m`, `1d` or a bare number of seconds into a positive timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ValueError("must be a duration such as 90s, 30m, 1h or 2h30m")
+    elif isinstance(value, int):
+        seconds = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            seconds = int(text)
+        elif text and DURATION_PART.sub("", text) == "":
+            seconds = sum(int(n) * DURATION_UNITS[unit] for n, unit in DURATION_PART.findall(text))
+        else:
+            raise ValueError(
+                f"{value!r} is not a duration; use units d, h, m, s as in 90s, 30m, 1h or 2h30m"
+            )
+    else:
+        raise ValueError("must be a duration such as 90s, 30m, 1h or 2h30m")
+    if seconds <= 0:
+        raise ValueError("must be a positive duration")
+    return timedelta(seconds=seconds)
+
+
+def _is_dns_name(value: str) -> bool:
+    name = value.rstrip(".")
+    return 0 < len(name) <= 253 and all(DNS_LABEL.fullmatch(label) for label in name.split("."))
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Frozen):
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+
+
+class FleetConfig(_Frozen):
+    ip6: ipaddress.IPv6Address
+    subnet: ipaddress.IPv6Network
+    external_ip: str
+    port: int = Field(ge=1, le=65535)
+    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    allowed_ips: tuple[IPNetwork, ...] = ()
+
+    @field_validator("ip6", mode="before")
+    @classmethod
+    def _ip6_is_ipv6(cls, value: object) -> object:
+        try:
+            return ipaddress.IPv6Address(str(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address") from None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet_is_ipv6_network(cls, value: object) -> object:
+        try:
+            network = ipaddress.ip_network(str(value), strict=True)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is not a valid network ({error})") from None
+        if network.version != 6:
+            raise ValueError(f"{value} is not an IPv6 subnet")
+        return network
+
+    @field_validator("external_ip")
+    @classmethod
+    def _external_ip_is_address_or_name(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            pass
+        if not _is_dns_name(value):
+            raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+        return value.lower().rstrip(".")
+
+    @field_validator("allowed_ips", mode="before")
+    @classmethod
+    def _parse_allowed_ips(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of networks such as fd00::1/128")
+        try:
+            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+        except ValueError as error:
+            raise ValueError(f"contains an invalid network ({error})") from None
+
+    @model_validator(mode="after")
+    def _ip6_inside_subnet(self) -> FleetConfig:
+        if self.ip6 not in self.subnet:
+            raise FieldProblem("ip6", f"{self.ip6} is not inside subnet {self.subnet}")
+        if self.ip6 == self.subnet.network_address:
+            raise FieldProblem("ip6", f"{self.ip6} is the subnet's zero address; pick another")
+        if not self.allowed_ips:
+            object.__setattr__(self, "allowed_ips", (ipaddress.IPv6Network(f"{self.ip6}/128"),))
+        return self
+
+    @property
+    def interface_address(self) -> str:
+        """`ip6` with the subnet's prefix length, as the interface carries it."""
+        return f"{self.ip6}/{self.subnet.prefixlen}"
+
+    @property
+    def endpoint(self) -> str:
+        """`host:port` as clients dial it, with an IPv6 literal in brackets."""
+        try:
+            if ipaddress.ip_address(self.external_ip).version == 6:
+                return f"[{self.external_ip}]:{self.port}"
+        except ValueError:
+            pass
+        return f"{self.external_ip}:{self.port}"
+
+
+class Config(_Frozen):
+    domain: str
+    prune_timeout: Duration
+    prune_interval: Duration = timedelta(minutes=1)
+    database: str = DEFAULT_DATABASE
+    hosts_file: Path = DEFAULT_HOSTS_FILE
+    wireguard_dir: Path = DEFAULT_WIREGUARD_DIR
+    listen: ListenConfig = ListenConfig()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    hostname_separator: str = ""
+    fleets: dict[str, FleetConfig] = Field(min_length=1)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain_is_dns_name(cls, value: str) -> str:
+        if not _is_dns_name(value):
+            raise ValueError(f"{value!r} is not a DNS domain name")
+        return value.lower().rstrip(".")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            raise ValueError("must be a list of IP addresses or CIDRs")
+        try:
+            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+        except ValueError as error:
+            raise ValueError(f"contains an invalid address ({error})") from None
+
+    @field_validator("hostname_separator")
+    @classmethod
+    def _separator_allowed(cls, value: str) -> str:
+        if not HOSTNAME_SEPARATOR.fullmatch(value):
+            raise ValueError("must be at most 3 characters from a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("fleets", mode="before")
+    @classmethod
+    def _fleet_names_valid(cls, value: object) -> object:
+        if isinstance(value, dict):
+            for name in value:
+                if not isinstance(name, str) or not FLEET_NAME.fullmatch(name):
+                    raise FieldProblem(
+                        str(name),
+                        f"fleet name {name!r} must be lowercase letters, digits, _ and -, "
+                        "starting with a letter or digit",
+                    )
+                if len(name) > FLEET_NAME_MAX:
+                    raise FieldProblem(
+                        name,
+                        f"fleet name {name!r} is longer than {FLEET_NAME_MAX} characters "
+                        f"(the interface wg_{name} would exceed Linux's 15-character limit)",
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _fleets_do_not_collide(self) -> Config:
+        names = sorted(self.fleets)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                a, b = self.fleets[first], self.fleets[second]
+                if a.subnet.overlaps(b.subnet):
+                    raise FieldProblem(
+                        f"fleets.{second}.subnet",
+                        f"{b.subnet} overlaps the subnet {a.subnet} of fleet {first}",
+                    )
+                if a.port == b.port:
+                    raise FieldProblem(
+                        f"fleets.{second}.port", f"{b.port} is already used by fleet {first}"
+                    )
+        return self
+
+
+def _describe(error: ErrorDetails) -> tuple[str, str]:
+    """Turn one pydantic error into (field path, problem sentence)."""
+    location = [str(part) for part in error["loc"]]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, FieldProblem):
+        location.append(cause.field)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return ".".join(location), "unknown key (check the spelling)"
+    if kind == "missing":
+        return ".".join(location), "is required but missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error.get("input") is not None and kind not in {"value_error", "assertion_error"}:
+        message = f"{message} (got {error['input']!r})"
+    return ".".join(location), message
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    """Validate already-parsed YAML data; raise `ConfigError` on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, "", "the file must contain a mapping of settings")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        field, problem = _describe(error.errors()[0])
+        raise ConfigError(source, field, problem) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate the YAML file at `path`, with `overrides` (from the command line)
+    replacing top-level keys and `listen.host`/`listen.port`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(str(path), "", f"cannot be read ({error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid syntax"
+        raise ConfigError(str(path), "", f"is not valid YAML{where}: {problem}") from None
+    if overrides and isinstance(data, dict):
+        data = {**data, **{k: v for k, v in overrides.items() if k not in {"host", "port"}}}
+        listen = {k: overrides[k] for k in ("host", "port") if k in overrides}
+        if listen:
+            current = data.get("listen")
+            data["listen"] = {**(current if isinstance(current, dict) else {}), **listen}
+    return parse_config(data, str(path))

@@ -1,0 +1,44 @@
+"""The explicit context one running app works with, instead of module-level globals."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from command import Runner
+from config import Config
+from database import Database
+from registry import Clock, Registry
+from wireguard import WireGuard
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AppContext:
+    """Everything a request handler or background task may touch, built by the lifespan."""
+
+    config: Config
+    runner: Runner
+    clock: Clock
+    database: Database
+    wireguard: WireGuard
+    server_keys: dict[str, str]
+    started_at: datetime
+    fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    registry: Registry = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in self.config.fleets:
+            self.fleet_locks.setdefault(name, asyncio.Lock())
+        self.registry = Registry(
+            self.config,
+            self.database,
+            self.wireguard,
+            self.server_keys,
+            self.clock,
+            self.fleet_locks,
+        )

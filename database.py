@@ -1,0 +1,138 @@
+"""The client table and the engine that stores it.
+
+The database is the source of truth for which peers exist. Its UNIQUE constraints are
+the real guard against two clients sharing an address, a hostname or a key. Writes go
+through one worker thread, so they are serialised without holding up the event loop;
+reads use a small pool of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    DateTime,
+    Dialect,
+    Engine,
+    Index,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores naive UTC, returns timezone-aware UTC, on every backend alike."""
+
+    impl = DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC-aware ones")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Client(Base):
+    """One registered WireGuard peer. Its private key is never stored."""
+
+    __tablename__ = "clients"
+    __table_args__ = (
+        UniqueConstraint("fleet", "address", name="uq_clients_fleet_address"),
+        UniqueConstraint("fleet", "hostname", name="uq_clients_fleet_hostname"),
+        Index("ix_clients_fleet_last_seen", "fleet", "last_seen"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fleet: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(39))
+    public_key: Mapped[str] = mapped_column(String(44), unique=True)
+    hostname: Mapped[str | None] = mapped_column(String(63))
+    requested_hostname: Mapped[str | None] = mapped_column(String(63))
+    source_ip: Mapped[str] = mapped_column(String(45))
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Latest of registration and ping; handshakes are kept apart in last_handshake.
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_handshake: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+def database_url(database: str) -> str:
+    """A SQLAlchemy URL for `database`, which is a URL already or an SQLite file path."""
+    if "://" in database:
+        return database
+    return f"sqlite:///{Path(database).absolute()}"
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: object) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(database: str) -> Engine:
+    url = database_url(database)
+    if url.startswith("sqlite:///"):
+        directory = Path(url.removeprefix("sqlite:///")).parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """An engine plus the threads that use it; `write` jobs run one at a time."""
+
+    def __init__(self, database: str) -> None:
+        self.engine = make_engine(database)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-write")
+        self._readers = ThreadPoolExecutor(2, thread_name_prefix="db-read")
+
+    def create_schema(self) -> None:
+        old_umask = os.umask(0o077)  # the database file is created 0600
+        try:
+            Base.metadata.create_all(self.engine)
+        finally:
+            os.umask(old_umask)
+
+    def _in_session(self, job: Callable[[Session], T]) -> T:
+        with self._sessions() as session:
+            return job(session)
+
+    async def write(self, job: Callable[[Session], T]) -> T:
+        """Run `job(session)` on the writer thread; the job commits what it keeps."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._in_session, job)
+
+    async def read(self, job: Callable[[Session], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._in_session, job)
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        self.engine.dispose()

@@ -1,0 +1,54 @@
+"""Domain errors. Each carries the HTTP status it maps to; its text is the user's sentence.
+
+Error tree::
+
+    WgFleetError
+    ├── BadRequest             400  a request the server cannot interpret
+    ├── FleetNotFound          404  no such fleet in the configuration
+    ├── ClientNotFound         404  the caller's address belongs to no registered client
+    ├── NotInFleet             403  a ping from outside the fleet's tunnel
+    ├── KeyInOtherFleet        409  the public key is registered in another fleet
+    ├── PoolExhausted          503  no free address left in the fleet's subnet
+    └── WireGuardUnavailable   503  `wg` failed; nothing was changed
+"""
+
+from __future__ import annotations
+
+
+class WgFleetError(Exception):
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(WgFleetError):
+    status_code = 400
+
+
+class FleetNotFound(WgFleetError):
+    status_code = 404
+
+    def __init__(self, fleet: str) -> None:
+        super().__init__(f"There is no fleet named {fleet!r}.")
+
+
+class ClientNotFound(WgFleetError):
+    status_code = 404
+
+
+class NotInFleet(WgFleetError):
+    status_code = 403
+
+
+class KeyInOtherFleet(WgFleetError):
+    status_code = 409
+
+
+class PoolExhausted(WgFleetError):
+    status_code = 503
+
+
+class WireGuardUnavailable(WgFleetError):
+    status_code = 503

@@ -1,0 +1,264 @@
+"""wg-fleet: the command line, the app factory and the lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator, MutableMapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader
+from sqlalchemy import select
+
+from command import CommandError, CommandRunner, Runner
+from config import Config, ConfigError, ListenConfig, load_config
+from context import AppContext, utc_now
+from database import Client, Database
+from errors import WgFleetError
+from limits import BodySizeLimit
+from reconcile import reconcile_at_startup
+from registry import Clock
+from routes import router
+from wireguard import WireGuard
+
+logger = logging.getLogger("wg_fleet")
+
+HERE = Path(__file__).resolve().parent
+CAP_NET_ADMIN = 12
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StartupError(Exception):
+    """Start-up cannot complete; `str()` is the sentence for the operator."""
+
+
+async def start(context: AppContext) -> None:
+    """Schema, server keys and configs, interfaces up, peers reconciled."""
+    config = context.config
+    await context.database.write(lambda session: context.database.create_schema())
+    known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
+    for fleet in sorted(known - set(config.fleets)):
+        logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
+    for fleet, settings in config.fleets.items():
+        context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
+    await reconcile_at_startup(context)
+
+
+def create_app(
+    config: Config,
+    *,
+    runner: Runner | None = None,
+    clock: Clock = utc_now,
+) -> FastAPI:
+    """Build the app; nothing touches the database or WireGuard until the lifespan runs."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database = Database(config.database)
+        context = AppContext(
+            config=config,
+            runner=runner or CommandRunner(),
+            clock=clock,
+            database=database,
+            wireguard=WireGuard(runner or CommandRunner(), config.wireguard_dir),
+            server_keys={},
+            started_at=clock(),
+        )
+        app.state.context = context
+        try:
+            try:
+                await start(context)
+            except (CommandError, OSError, RuntimeError) as error:
+                raise StartupError(f"wg-fleet could not start: {error}") from None
+            logger.info("serving %d fleet(s)", len(config.fleets))
+            yield
+        finally:
+            database.close()
+
+    app = FastAPI(
+        title="wg-fleet",
+        summary="Registration, hostnames and monitoring for fleets of WireGuard clients.",
+        lifespan=lifespan,
+    )
+    app.state.templates = Jinja2Templates(
+        env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    )
+    app.include_router(router)
+    app.add_middleware(BodySizeLimit)
+
+    @app.exception_handler(WgFleetError)
+    async def domain_error(request: Request, error: WgFleetError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": describe_validation(error)}, status_code=422)
+
+    return app
+
+
+def describe_validation(error: RequestValidationError) -> str:
+    """One sentence for the first problem in a request, naming where it is."""
+    first: dict[str, Any] = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        message = "is not a known field"
+    return f"Invalid request: {where or 'body'}: {message}."
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN in its effective set."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
+def check_prerequisites() -> str | None:
+    """A sentence saying what is missing to manage WireGuard, or None."""
+    missing = [name for name in ("wg", "wg-quick", "ip") if shutil.which(name) is None]
+    if missing:
+        return (
+            f"{', '.join(missing)} not found on PATH: install the wireguard-tools and iproute2 "
+            "packages (and wireguard-go where the kernel has no WireGuard module)."
+        )
+    if not has_net_admin():
+        return (
+            "wg-fleet manages network interfaces and needs root (CAP_NET_ADMIN); "
+            "run it as root or grant it CAP_NET_ADMIN."
+        )
+    return None
+
+
+def bind_socket(listen: ListenConfig) -> socket.socket:
+    """A listening TCP socket; `::` answers on IPv6 and IPv4 alike (dual stack)."""
+    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+    infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
+    if ":" not in listen.host and "." not in listen.host:
+        family = infos[0][0]
+    address = next(info[4] for info in infos if info[0] == family)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class QuietStartupFailure:
+    """Keeps uvicorn from printing a traceback when start-up fails for a known reason.
+
+    The lifespan has logged one sentence already; uvicorn still says it is exiting.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                message = {"type": message["type"], "message": ""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_quietly)
+        except StartupError as error:
+            logger.error("%s", error)
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="main.py", description="Run the wg-fleet server for the fleets in a YAML config."
+    )
+    parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
+    parser.add_argument("--host", help="listen address (default ::, dual stack)")
+    parser.add_argument("--port", type=int, help="listen port (default 8000)")
+    parser.add_argument("--database", help="SQLite file or SQLAlchemy URL")
+    parser.add_argument("--hosts-file", type=Path, help="where the hosts file is written")
+    parser.add_argument("--wireguard-dir", type=Path, help="where wg_<fleet>.conf files live")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        type=str.lower,
+    )
+    return parser.parse_args(argv)
+
+
+def overrides_from(arguments: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, which win over the config file."""
+    names = ("host", "port", "database", "hosts_file", "wireguard_dir")
+    return {
+        name: str(value) if isinstance(value, Path) else value
+        for name in names
+        if (value := getattr(arguments, name)) is not None
+    }
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully;
+    # by then everything is closed, so that is a normal exit.
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        config = load_config(arguments.config, overrides_from(arguments))
+    except ConfigError as error:
+        print(error, file=sys.stderr)  # noqa: T201 - the one sentence the CLI promises
+        return 2
+    logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
+    problem = check_prerequisites()
+    if problem:
+        print(problem, file=sys.stderr)  # noqa: T201
+        return 1
+    try:
+        sock = bind_socket(config.listen)
+    except OSError as error:
+        where = f"[{config.listen.host}]:{config.listen.port}"
+        print(f"cannot listen on {where}: {error.strerror}", file=sys.stderr)  # noqa: T201
+        return 1
+    server = uvicorn.Server(
+        uvicorn.Config(
+            QuietStartupFailure(create_app(config)),
+            lifespan="on",
+            proxy_headers=False,
+            server_header=False,
+            loop="asyncio",
+            http="httptools",
+            log_config=None,
+            log_level=arguments.log_level,
+            access_log=arguments.log_level == "debug",
+            timeout_graceful_shutdown=10,
+        )
+    )
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    signal.signal(signal.SIGINT, _exit_cleanly)
+    server.run(sockets=[sock])
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Registration: a client row and its WireGuard peer, created together or not at all.
+
+The row is committed first, then the peer is added; when adding the peer fails the row
+is deleted again before the caller hears of it. A crash between the two leaves a row
+without a peer, which the next reconciliation pass repairs (the database is the truth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv6Address
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
+from command import CommandError
+from config import Config, FleetConfig
+from database import Client, Database
+from errors import FleetNotFound, KeyInOtherFleet, PoolExhausted, WireGuardUnavailable
+from wireguard import WireGuard, generate_keypair, render_client_config
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_SIZE = 16
+SAMPLE_ROUNDS = 8
+INSERT_ATTEMPTS = 5
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Registration:
+    address: IPv6Address
+    public_key: str
+    config: str
+    created: bool
+
+
+def pick_address(session: Session, fleet: str, settings: FleetConfig) -> IPv6Address:
+    """An address of the fleet's subnet that no client holds; `PoolExhausted` if none."""
+    subnet, server = settings.subnet, settings.ip6
+    in_fleet = select(Client.address).where(Client.fleet == fleet)
+    if subnet.num_addresses <= ENUMERATE_LIMIT:
+        free = free_addresses(subnet, server, session.scalars(in_fleet))
+        if free:
+            return free[secrets.randbelow(len(free))]
+    else:
+        for _ in range(SAMPLE_ROUNDS):
+            candidates = random_candidates(subnet, server, SAMPLE_SIZE)
+            taken = set(session.scalars(in_fleet.where(Client.address.in_(map(str, candidates)))))
+            for candidate in candidates:
+                if str(candidate) not in taken:
+                    return candidate
+    raise PoolExhausted(f"Fleet {fleet} has no free address left in {subnet}.")
+
+
+class Registry:
+    """Registers clients into fleets; one instance per running app."""
+
+    def __init__(
+        self,
+        config: Config,
+        database: Database,
+        wireguard: WireGuard,
+        server_keys: dict[str, str],
+        clock: Clock,
+        fleet_locks: dict[str, asyncio.Lock],
+    ) -> None:
+        self._config = config
+        self._database = database
+        self._wireguard = wireguard
+        self._server_keys = server_keys
+        self._clock = clock
+        self._locks = fleet_locks
+
+    def fleet(self, name: str) -> FleetConfig:
+        try:
+            return self._config.fleets[name]
+        except KeyError:
+            raise FleetNotFound(name) from None
+
+    async def register(
+        self, fleet: str, public_key: str | None, source_ip: IPAddress
+    ) -> Registration:
+        """Register a client, with its own public key or a key pair made here.
+
+        Raises `FleetNotFound`, `KeyInOtherFleet`, `PoolExhausted` or `WireGuardUnavailable`;
+        after any of them nothing of this request remains.
+        """
+        settings = self.fleet(fleet)
+        keys = generate_keypair() if public_key is None else None
+        key = keys.public_key if keys is not None else str(public_key)
+        now = self._clock()
+        async with self._locks[fleet]:
+            row, created = await self._database.write(
+                lambda session: self._store(session, fleet, settings, key, str(source_ip), now)
+            )
+            try:
+                await self._wireguard.add_peers(fleet, [(key, IPv6Address(row.address))])
+            except CommandError as error:
+                if created:
+                    await self._database.write(lambda session: _delete(session, row.id))
+                logger.error("registration in fleet %s failed: %s", fleet, error)
+                raise WireGuardUnavailable(
+                    "WireGuard could not add the peer; nothing was registered. Try again later."
+                ) from None
+        if created:
+            logger.info("registered %s in fleet %s from %s", row.address, fleet, source_ip)
+        config = render_client_config(
+            private_key=keys.private_key if keys else None,
+            address=IPv6Address(row.address),
+            server_public_key=self._server_keys[fleet],
+            fleet=settings,
+        )
+        return Registration(IPv6Address(row.address), key, config, created)
+
+    @staticmethod
+    def _store(
+        session: Session,
+        fleet: str,
+        settings: FleetConfig,
+        public_key: str,
+        source_ip: str,
+        now: datetime,
+    ) -> tuple[Client, bool]:
+        """Insert the client's row, or refresh the existing row of the same key."""
+        for _ in range(INSERT_ATTEMPTS):
+            existing = session.scalar(select(Client).where(Client.public_key == public_key))
+            if existing is not None:
+                if existing.fleet != fleet:
+                    raise KeyInOtherFleet(
+                        f"This public key is already registered in fleet {existing.fleet!r}."
+                    )
+                existing.last_seen = max(existing.last_seen, now)
+                existing.source_ip = source_ip
+                session.commit()
+                return existing, False
+            row = Client(
+                fleet=fleet,
+                address=str(pick_address(session, fleet, settings)),
+                public_key=public_key,
+                source_ip=source_ip,
+                registered_at=now,
+                last_seen=now,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                # Another writer (another node sharing the database) took the address
+                # or the key first: look again.
+                session.rollback()
+                continue
+            return row, True
+        raise PoolExhausted(f"Fleet {fleet} could not allocate an address; try again.")
+
+
+def _delete(session: Session, client_id: int) -> None:
+    session.execute(delete(Client).where(Client.id == client_id))
+    session.commit()

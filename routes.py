@@ -1,0 +1,115 @@
+"""HTTP routes: thin handlers that validate, call one domain function and answer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from addresses import IPAddress, resolve_client_ip
+from context import AppContext
+from errors import BadRequest
+from wireguard import InvalidKey, interface_name, normalize_public_key
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+def get_templates(request: Request) -> Jinja2Templates:
+    templates: Jinja2Templates = request.app.state.templates
+    return templates
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
+
+
+def caller_address(request: Request, context: AppContext) -> tuple[IPAddress, bool]:
+    """The client's address (see `resolve_client_ip`) and whether a proxy vouched for it."""
+    peer = request.client.host if request.client else "::"
+    try:
+        return resolve_client_ip(
+            peer, request.headers.getlist("x-forwarded-for"), context.config.trusted_proxies
+        )
+    except ValueError:
+        raise BadRequest(
+            "The client address, or X-Forwarded-For from a trusted proxy, is not an IP address."
+        ) from None
+
+
+class RegisterRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    public_key: str | None = Field(
+        default=None,
+        description="The client's WireGuard public key (base64 of 32 bytes). "
+        "When given, the client keeps its private key and the config has no PrivateKey.",
+    )
+
+    @field_validator("public_key")
+    @classmethod
+    def _is_wireguard_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return normalize_public_key(value)
+        except InvalidKey as error:
+            raise ValueError(f"public_key {error}; expected base64 of 32 bytes") from None
+
+
+class RegisterResponse(BaseModel):
+    status: Literal["success"] = "success"
+    config: str = Field(description="A wg-quick configuration file for the client.")
+    address: str
+    public_key: str
+
+
+@router.post(
+    "/fleet/{fleet}/register",
+    response_model=RegisterResponse,
+    responses={
+        404: {"description": "Unknown fleet."},
+        409: {"description": "The public key is registered in another fleet."},
+        413: {"description": "The request body is larger than 16 KiB."},
+        503: {"description": "No free address, or WireGuard failed; nothing was registered."},
+    },
+)
+async def register(
+    fleet: str,
+    request: Request,
+    context: ContextDep,
+    body: RegisterRequest | None = None,
+) -> RegisterResponse:
+    """Register a client: allocate an address, add the peer, return a wg-quick config."""
+    context.registry.fleet(fleet)
+    source, _ = caller_address(request, context)
+    registration = await context.registry.register(fleet, body.public_key if body else None, source)
+    return RegisterResponse(
+        config=registration.config,
+        address=str(registration.address),
+        public_key=registration.public_key,
+    )
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request, context: ContextDep, templates: TemplatesDep) -> HTMLResponse:
+    fleets = [
+        {
+            "name": name,
+            "interface": interface_name(name),
+            "subnet": str(settings.subnet),
+            "endpoint": settings.endpoint,
+        }
+        for name, settings in context.config.fleets.items()
+    ]
+    return templates.TemplateResponse(request, "index.html", {"fleets": fleets})

@@ -1,0 +1,270 @@
+"""A typed vocabulary over `wg`, `wg-quick` and X25519 keys.
+
+Key pairs are made in-process with `cryptography`. Each fleet's interface is described
+by `<wireguard_dir>/wg_<fleet>.conf`, which holds only the `[Interface]` section: peers
+live in the database and are pushed to the interface in bulk (`wg addconf` on stdin,
+`wg set … remove` in large chunks), never one process per client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from ipaddress import IPv6Address
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from command import Runner
+from config import FleetConfig
+from files import write_if_changed
+
+logger = logging.getLogger(__name__)
+
+CONFIG_MODE = 0o600
+REMOVE_CHUNK = 1000  # peers per `wg set` call: keeps argv far below the kernel's limits
+IFF_UP = 0x1
+
+
+class InvalidKey(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_key: str
+    public_key: str
+
+    def __repr__(self) -> str:  # never let a private key reach a log through repr()
+        return f"KeyPair(public_key={self.public_key!r})"
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    public_key: str
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    latest_handshake: datetime | None
+    transfer_rx: int
+    transfer_tx: int
+
+
+@dataclass(frozen=True)
+class InterfaceDump:
+    """What `wg show <if> dump` says, minus the private key it prints first."""
+
+    public_key: str
+    listen_port: int
+    peers: dict[str, PeerStatus]
+
+
+def interface_name(fleet: str) -> str:
+    return f"wg_{fleet}"
+
+
+def _encode(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def generate_keypair() -> KeyPair:
+    """A fresh key pair, the private key clamped exactly as `wg genkey` does."""
+    raw = bytearray(secrets.token_bytes(32))
+    raw[0] &= 248
+    raw[31] &= 127
+    raw[31] |= 64
+    private = _encode(bytes(raw))
+    return KeyPair(private, public_key_of(private))
+
+
+def decode_key(text: str) -> bytes:
+    """The 32 bytes of a base64 WireGuard key; `InvalidKey` for anything else."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidKey("is not valid base64") from None
+    if len(raw) != 32:
+        raise InvalidKey(f"decodes to {len(raw)} bytes instead of 32")
+    return raw
+
+
+def normalize_public_key(text: str) -> str:
+    """Canonical base64 of a client-supplied public key, or `InvalidKey`."""
+    return _encode(decode_key(text))
+
+
+def public_key_of(private_key: str) -> str:
+    private = X25519PrivateKey.from_private_bytes(decode_key(private_key))
+    return _encode(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def _handshake_time(epoch: str) -> datetime | None:
+    seconds = int(epoch)
+    return datetime.fromtimestamp(seconds, UTC) if seconds > 0 else None
+
+
+def parse_dump(text: str) -> InterfaceDump:
+    """Parse `wg show <if> dump`. The private key on the first line is dropped unread.
+
+    Raises `ValueError` when the text does not have the dump's shape.
+    """
+    lines = [line for line in text.splitlines() if line]
+    if not lines:
+        raise ValueError("empty wg dump")
+    head = lines[0].split("\t")
+    if len(head) != 4:
+        raise ValueError("the first line of the wg dump does not have 4 fields")
+    peers: dict[str, PeerStatus] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split("\t")
+        if len(fields) != 8:
+            raise ValueError(f"line {number} of the wg dump does not have 8 fields")
+        key, _preshared, endpoint, allowed, handshake, rx, tx, _keepalive = fields
+        peers[key] = PeerStatus(
+            public_key=key,
+            endpoint=None if endpoint == "(none)" else endpoint,
+            allowed_ips=() if allowed == "(none)" else tuple(allowed.split(",")),
+            latest_handshake=_handshake_time(handshake),
+            transfer_rx=int(rx),
+            transfer_tx=int(tx),
+        )
+    return InterfaceDump(public_key=head[1], listen_port=int(head[2]), peers=peers)
+
+
+def read_private_key(config_text: str) -> str | None:
+    """The `PrivateKey` of a wg-quick config's `[Interface]` section, if it has a valid one."""
+    for line in config_text.splitlines():
+        name, _, value = line.partition("=")
+        if name.strip().lower() == "privatekey":
+            key = value.strip()
+            try:
+                decode_key(key)
+            except InvalidKey:
+                return None
+            return key
+    return None
+
+
+def render_server_config(private_key: str, fleet: FleetConfig) -> str:
+    return (
+        "# Written by wg-fleet. Peers are kept in wg-fleet's database, not here.\n"
+        "[Interface]\n"
+        f"PrivateKey = {private_key}\n"
+        f"Address = {fleet.interface_address}\n"
+        f"ListenPort = {fleet.port}\n"
+    )
+
+
+def render_peers(peers: Iterable[tuple[str, IPv6Address]]) -> str:
+    """`[Peer]` sections for `wg addconf`, one /128 per client."""
+    return "".join(
+        f"[Peer]\nPublicKey = {key}\nAllowedIPs = {address}/128\n\n" for key, address in peers
+    )
+
+
+class WireGuard:
+    """The server side of every fleet's interface, driven through a command runner."""
+
+    def __init__(self, runner: Runner, wireguard_dir: Path) -> None:
+        self._runner = runner
+        self._dir = wireguard_dir
+
+    def config_path(self, fleet: str) -> Path:
+        return self._dir / f"{interface_name(fleet)}.conf"
+
+    def ensure_server_config(self, fleet: str, settings: FleetConfig) -> str:
+        """Write the fleet's config (key pair made on first use); return its public key.
+
+        An existing private key is kept; address and port follow the YAML config.
+        """
+        path = self.config_path(fleet)
+        try:
+            private_key = read_private_key(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            private_key = None
+        if private_key is None:
+            if path.exists():
+                raise RuntimeError(f"{path} has no valid PrivateKey; fix or remove the file")
+            private_key = generate_keypair().private_key
+            logger.info("generated a new key pair for %s in %s", interface_name(fleet), path)
+        self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_if_changed(path, render_server_config(private_key, settings), CONFIG_MODE)
+        return public_key_of(private_key)
+
+    @staticmethod
+    def is_up(interface: str) -> bool:
+        """Whether the interface exists in our network namespace and is administratively up."""
+        try:
+            socket.if_nametoindex(interface)
+        except OSError:
+            return False
+        try:
+            flags = Path(f"/sys/class/net/{interface}/flags").read_text(encoding="ascii")
+        except OSError:
+            return True  # exists; sysfs may belong to another namespace
+        return bool(int(flags, 16) & IFF_UP)
+
+    async def bring_up(self, fleet: str) -> None:
+        """Bring the fleet's interface up with `wg-quick`, or set an existing one up.
+
+        `wg-quick` runs in a session of its own: where it falls back to wireguard-go,
+        that daemon must outlive this process and its process group.
+        """
+        interface = interface_name(fleet)
+        try:
+            socket.if_nametoindex(interface)
+        except OSError:
+            await self._runner.run(
+                ["wg-quick", "up", str(self.config_path(fleet))], new_session=True, timeout=60
+            )
+            return
+        await self._runner.run(["ip", "link", "set", "up", "dev", interface])
+
+    async def dump(self, fleet: str) -> InterfaceDump:
+        result = await self._runner.run(["wg", "show", interface_name(fleet), "dump"])
+        return parse_dump(result.stdout)
+
+    async def add_peers(self, fleet: str, peers: Sequence[tuple[str, IPv6Address]]) -> None:
+        if peers:
+            await self._runner.run(
+                ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
+                stdin=render_peers(peers),
+                timeout=120,
+            )
+
+    async def remove_peers(self, fleet: str, public_keys: Sequence[str]) -> None:
+        for start in range(0, len(public_keys), REMOVE_CHUNK):
+            argv = ["wg", "set", interface_name(fleet)]
+            for key in public_keys[start : start + REMOVE_CHUNK]:
+                argv += ["peer", key, "remove"]
+            await self._runner.run(argv, timeout=120)
+
+
+def render_client_config(
+    *,
+    private_key: str | None,
+    address: IPv6Address,
+    server_public_key: str,
+    fleet: FleetConfig,
+) -> str:
+    """The wg-quick file a client runs; without `PrivateKey` when the client kept its own."""
+    lines = ["[Interface]"]
+    if private_key is not None:
+        lines.append(f"PrivateKey = {private_key}")
+    lines += [
+        f"Address = {address}/128",
+        "",
+        "[Peer]",
+        f"PublicKey = {server_public_key}",
+        f"Endpoint = {fleet.endpoint}",
+        f"AllowedIPs = {', '.join(str(network) for network in fleet.allowed_ips)}",
+    ]
+    if fleet.persistent_keepalive:
+        lines.append(f"PersistentKeepalive = {fleet.persistent_keepalive}")
+    return "\n".join(lines) + "\n"
