@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from command import Runner
 from config import Config
 from database import Database
+from hosts import HostsFile
 from registry import Clock, Registry
 from wireguard import WireGuard
 
@@ -30,10 +31,14 @@ class AppContext:
     started_at: datetime
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     registry: Registry = field(init=False)
+    hosts: HostsFile = field(init=False)
 
     def __post_init__(self) -> None:
         for name in self.config.fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
+        self.hosts = HostsFile(
+            self.config.hosts_file, self.database, self.config.fleets, self.config.domain
+        )
         self.registry = Registry(
             self.config,
             self.database,
@@ -41,4 +46,5 @@ class AppContext:
             self.server_keys,
             self.clock,
             self.fleet_locks,
+            self.hosts,
         )

@@ -9,7 +9,8 @@ Error tree::
     ├── NotInFleet             403  a ping from outside the fleet's tunnel
     ├── KeyInOtherFleet        409  the public key is registered in another fleet
     ├── PoolExhausted          503  no free address left in the fleet's subnet
-    └── WireGuardUnavailable   503  `wg` failed; nothing was changed
+    ├── WireGuardUnavailable   503  `wg` failed; nothing was changed
+    └── Busy                   503  concurrent writers kept colliding; try again
 """
 
 from __future__ import annotations
@@ -51,4 +52,8 @@ class PoolExhausted(WgFleetError):
 
 
 class WireGuardUnavailable(WgFleetError):
+    status_code = 503
+
+
+class Busy(WgFleetError):
     status_code = 503

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from context import AppContext, utc_now
 from database import Client, Database
 from errors import WgFleetError
 from limits import BodySizeLimit
-from reconcile import reconcile_at_startup
+from pruning import Pruner, sweep_all
+from reconcile import delete_outside_subnet
 from registry import Clock
 from routes import router
 from wireguard import WireGuard
@@ -52,7 +54,25 @@ async def start(context: AppContext) -> None:
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
     for fleet, settings in config.fleets.items():
         context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
-    await reconcile_at_startup(context)
+        stray = await context.database.write(
+            partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
+        )
+        if stray:
+            logger.warning(
+                "fleet %s: deleted %d client(s) whose address is outside %s: %s",
+                fleet,
+                len(stray),
+                settings.subnet,
+                ", ".join(stray[:10]) + (" …" if len(stray) > 10 else ""),
+            )
+    for report in await sweep_all(context, at_startup=True):
+        logger.info(
+            "wg_%s: up; %d peer(s) restored, %d unknown removed, %d pruned",
+            report.fleet,
+            report.restored,
+            report.removed_unknown,
+            report.pruned,
+        )
 
 
 def create_app(
@@ -81,8 +101,14 @@ def create_app(
                 await start(context)
             except (CommandError, OSError, RuntimeError) as error:
                 raise StartupError(f"wg-fleet could not start: {error}") from None
+            pruner = Pruner(context)
+            pruner.start()
+            app.state.pruner = pruner
             logger.info("serving %d fleet(s)", len(config.fleets))
-            yield
+            try:
+                yield
+            finally:
+                await pruner.stop()
         finally:
             database.close()
 

@@ -1,4 +1,5 @@
-"""Registration: a client row and its WireGuard peer, created together or not at all.
+"""Registration and pings: a client row and its WireGuard peer, created together or not
+at all, then kept alive and named by the client's pings.
 
 The row is committed first, then the peer is added; when adding the peer fails the row
 is deleted again before the caller hears of it. A crash between the two leaves a row
@@ -23,7 +24,16 @@ from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candida
 from command import CommandError
 from config import Config, FleetConfig
 from database import Client, Database
-from errors import FleetNotFound, KeyInOtherFleet, PoolExhausted, WireGuardUnavailable
+from errors import (
+    Busy,
+    ClientNotFound,
+    FleetNotFound,
+    KeyInOtherFleet,
+    PoolExhausted,
+    WireGuardUnavailable,
+)
+from hostnames import choose_hostname, search_prefix
+from hosts import HostsFile, fqdn
 from wireguard import WireGuard, generate_keypair, render_client_config
 
 logger = logging.getLogger(__name__)
@@ -72,7 +82,9 @@ class Registry:
         server_keys: dict[str, str],
         clock: Clock,
         fleet_locks: dict[str, asyncio.Lock],
+        hosts: HostsFile,
     ) -> None:
+        self._hosts = hosts
         self._config = config
         self._database = database
         self._wireguard = wireguard
@@ -121,6 +133,53 @@ class Registry:
         )
         return Registration(IPv6Address(row.address), key, config, created)
 
+    async def ping(self, fleet: str, address: IPv6Address, hostname: str | None) -> PingResult:
+        """Record that the client at `address` is alive and, with `hostname`, name it.
+
+        Raises `FleetNotFound` or `ClientNotFound`. A changed name is committed before
+        this returns; the hosts file follows right after.
+        """
+        self.fleet(fleet)
+        now = self._clock()
+        separator = self._config.hostname_separator
+
+        def record(session: Session) -> tuple[str | None, bool]:
+            for _ in range(INSERT_ATTEMPTS):
+                row = session.scalar(
+                    select(Client).where(Client.fleet == fleet, Client.address == str(address))
+                )
+                if row is None:
+                    raise ClientNotFound(
+                        f"No client with address {address} is registered in fleet {fleet}; "
+                        "register again."
+                    )
+                row.last_seen = max(row.last_seen, now)
+                previous = row.hostname
+                if hostname is not None:
+                    row.hostname = choose_hostname(
+                        hostname,
+                        current=row.hostname,
+                        current_request=row.requested_hostname,
+                        taken=_names_like(session, fleet, hostname, separator, row.id),
+                        separator=separator,
+                    )
+                    row.requested_hostname = hostname
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()  # another node took the name first: choose again
+                    continue
+                return row.hostname, row.hostname != previous
+            raise Busy("The hostname could not be stored; try again.")
+
+        assigned, renamed = await self._database.write(record)
+        if renamed:
+            logger.info("fleet %s: %s is now called %s", fleet, address, assigned)
+            await self._hosts.refresh()
+        if assigned is None:
+            return PingResult(None, None)
+        return PingResult(assigned, fqdn(assigned, fleet, self._config.domain))
+
     @staticmethod
     def _store(
         session: Session,
@@ -165,3 +224,25 @@ class Registry:
 def _delete(session: Session, client_id: int) -> None:
     session.execute(delete(Client).where(Client.id == client_id))
     session.commit()
+
+
+@dataclass(frozen=True)
+class PingResult:
+    hostname: str | None
+    fqdn: str | None
+
+
+def _names_like(
+    session: Session, fleet: str, requested: str, separator: str, own_id: int
+) -> set[str]:
+    """Names held by the fleet's other clients that could collide with `requested`."""
+    prefix = search_prefix(requested, separator)
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = session.scalars(
+        select(Client.hostname).where(
+            Client.fleet == fleet,
+            Client.id != own_id,
+            Client.hostname.like(pattern, escape="\\"),
+        )
+    )
+    return {name for name in rows if name is not None}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from ipaddress import IPv6Address
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -10,9 +11,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from addresses import IPAddress, resolve_client_ip
+from addresses import IPAddress, normalize_ip, resolve_client_ip
 from context import AppContext
-from errors import BadRequest
+from errors import BadRequest, NotInFleet
+from hostnames import HOSTNAME
 from wireguard import InvalidKey, interface_name, normalize_public_key
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,72 @@ async def register(
         address=str(registration.address),
         public_key=registration.public_key,
     )
+
+
+class PingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: str | None = Field(
+        default=None,
+        description="The name this client wants: 1 to 63 characters from a-z, 0-9, _ and -.",
+        examples=["excavator"],
+    )
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname_allowed(cls, value: str | None) -> str | None:
+        if value is not None and not HOSTNAME.fullmatch(value):
+            raise ValueError("hostname must be 1 to 63 characters from a-z, 0-9, _ and -")
+        return value
+
+
+class PingResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    hostname: str | None = Field(description="The name assigned to this client, if any.")
+    fqdn: str | None = Field(description="`<hostname>.<fleet>.<domain>`, if named.")
+
+
+def tunnel_caller(request: Request, context: AppContext, fleet: str) -> IPv6Address:
+    """The pinging client's address, which must have come through the fleet's tunnel."""
+    settings = context.registry.fleet(fleet)
+    source, proxied = caller_address(request, context)
+    if not isinstance(source, IPv6Address) or source not in settings.subnet:
+        raise NotInFleet(
+            f"Pings must come through the tunnel of fleet {fleet}: "
+            f"{source} is not in {settings.subnet}."
+        )
+    # Behind a trusted proxy the connection arrives at the proxy's address instead.
+    server = request.scope.get("server")
+    if not proxied and (server is None or not _is_address(server[0], settings.ip6)):
+        raise NotInFleet(
+            f"Pings must be sent to the fleet's address {settings.ip6} through the tunnel."
+        )
+    return source
+
+
+def _is_address(text: str, expected: IPv6Address) -> bool:
+    try:
+        return normalize_ip(text) == expected
+    except ValueError:
+        return False
+
+
+@router.post(
+    "/fleet/{fleet}/ping",
+    response_model=PingResponse,
+    responses={
+        403: {"description": "Not sent through the fleet's tunnel to the fleet's address."},
+        404: {"description": "Unknown fleet, or no client registered at the source address."},
+        413: {"description": "The request body is larger than 16 KiB."},
+    },
+)
+async def ping(
+    fleet: str, request: Request, context: ContextDep, body: PingRequest | None = None
+) -> PingResponse:
+    """Keep a client alive and, with `hostname`, give it a unique name in the fleet."""
+    source = tunnel_caller(request, context, fleet)
+    result = await context.registry.ping(fleet, source, body.hostname if body else None)
+    return PingResponse(hostname=result.hostname, fqdn=result.fqdn)
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import secrets
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_MODE = 0o600
 REMOVE_CHUNK = 1000  # peers per `wg set` call: keeps argv far below the kernel's limits
-IFF_UP = 0x1
 
 
 class InvalidKey(ValueError):
@@ -197,18 +195,13 @@ class WireGuard:
         write_if_changed(path, render_server_config(private_key, settings), CONFIG_MODE)
         return public_key_of(private_key)
 
-    @staticmethod
-    def is_up(interface: str) -> bool:
-        """Whether the interface exists in our network namespace and is administratively up."""
-        try:
-            socket.if_nametoindex(interface)
-        except OSError:
-            return False
-        try:
-            flags = Path(f"/sys/class/net/{interface}/flags").read_text(encoding="ascii")
-        except OSError:
-            return True  # exists; sysfs may belong to another namespace
-        return bool(int(flags, 16) & IFF_UP)
+    async def is_up(self, fleet: str) -> bool:
+        """Whether the fleet's interface exists and is administratively up."""
+        result = await self._runner.run(
+            ["ip", "-o", "link", "show", "dev", interface_name(fleet)], check=False
+        )
+        flags = result.stdout.partition("<")[2].partition(">")[0].split(",")
+        return result.returncode == 0 and "UP" in flags
 
     async def bring_up(self, fleet: str) -> None:
         """Bring the fleet's interface up with `wg-quick`, or set an existing one up.
@@ -217,14 +210,13 @@ class WireGuard:
         that daemon must outlive this process and its process group.
         """
         interface = interface_name(fleet)
-        try:
-            socket.if_nametoindex(interface)
-        except OSError:
-            await self._runner.run(
-                ["wg-quick", "up", str(self.config_path(fleet))], new_session=True, timeout=60
-            )
+        exists = await self._runner.run(["ip", "link", "show", "dev", interface], check=False)
+        if exists.returncode == 0:
+            await self._runner.run(["ip", "link", "set", "up", "dev", interface])
             return
-        await self._runner.run(["ip", "link", "set", "up", "dev", interface])
+        await self._runner.run(
+            ["wg-quick", "up", str(self.config_path(fleet))], new_session=True, timeout=60
+        )
 
     async def dump(self, fleet: str) -> InterfaceDump:
         result = await self._runner.run(["wg", "show", interface_name(fleet), "dump"])

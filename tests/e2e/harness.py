@@ -12,6 +12,7 @@ shared by all namespaces, so interface names must not collide between runs.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -201,10 +202,8 @@ class Lab:
                 server.process.wait(timeout=10)
         for namespace in self.namespaces:
             for pid in namespace.pids():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             wait_for(lambda ns=namespace: not ns.pids(), 10, f"{namespace.name} to empty")
             sh("ip", "netns", "del", namespace.name, check=False)
         for interface in self.interfaces:
