@@ -37,6 +37,8 @@ def random_candidates(
     randbelow: Callable[[int], int] = secrets.randbelow,
 ) -> list[IPv6Address]:
     """`count` distinct random unreserved addresses of a large subnet."""
+    if count > subnet.num_addresses - 2:
+        raise ValueError(f"{subnet} has fewer than {count} unreserved addresses")
     first = int(subnet.network_address)
     picked: dict[IPv6Address, None] = {}
     while len(picked) < count:

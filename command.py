@@ -116,6 +116,8 @@ def _run_blocking(
             text=True,
             env=_environment(),
             start_new_session=new_session,
+            # Its own process group either way, so a timeout can kill everything it started.
+            process_group=None if new_session else 0,
         )
     except FileNotFoundError:
         name = os.path.basename(argv[0])
@@ -127,10 +129,7 @@ def _run_blocking(
     try:
         stdout, stderr = process.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
-        if new_session:
-            os.killpg(process.pid, signal.SIGKILL)
-        else:
-            process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise CommandTimeout(
             argv, f"`{describe(argv)}` did not finish within {timeout:g} s and was killed"

@@ -82,12 +82,20 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError("must be a duration such as 90s, 30m, 1h or 2h30m")
     if seconds <= 0:
         raise ValueError("must be a positive duration")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise ValueError("is too long a duration") from None
 
 
 def _is_dns_name(value: str) -> bool:
     name = value.rstrip(".")
-    return 0 < len(name) <= 253 and all(DNS_LABEL.fullmatch(label) for label in name.split("."))
+    labels = name.split(".")
+    return (
+        0 < len(name) <= 253
+        and all(DNS_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # 1.2.3.256 is a mistyped address, not a name
+    )
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -99,15 +107,15 @@ class _Frozen(BaseModel):
 
 class ListenConfig(_Frozen):
     host: str = DEFAULT_HOST
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, strict=True)
 
 
 class FleetConfig(_Frozen):
     ip6: ipaddress.IPv6Address
     subnet: ipaddress.IPv6Network
     external_ip: str
-    port: int = Field(ge=1, le=65535)
-    persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    port: int = Field(ge=1, le=65535, strict=True)
+    persistent_keepalive: int = Field(default=25, ge=0, le=65535, strict=True)
     allowed_ips: tuple[IPNetwork, ...] = ()
 
     @field_validator("ip6", mode="before")
@@ -217,7 +225,11 @@ class Config(_Frozen):
     def _fleet_names_valid(cls, value: object) -> object:
         if isinstance(value, dict):
             for name in value:
-                if not isinstance(name, str) or not FLEET_NAME.fullmatch(name):
+                if not isinstance(name, str):
+                    raise FieldProblem(
+                        str(name), f"fleet name {name!r} must be text; quote it in the YAML file"
+                    )
+                if not FLEET_NAME.fullmatch(name):
                     raise FieldProblem(
                         str(name),
                         f"fleet name {name!r} must be lowercase letters, digits, _ and -, "
