@@ -72,9 +72,7 @@ class Running:
         context: AppContext = self.app.state.context
         return context
 
-    def client(
-        self, source: str = "192.0.2.50", server: str = "[::1]:8000"
-    ) -> httpx.AsyncClient:
+    def client(self, source: str = "192.0.2.50", server: str = "[::1]:8000") -> httpx.AsyncClient:
         """An HTTP client whose requests come from `source` and arrive at `server`."""
         transport = httpx.ASGITransport(app=self.app, client=(source, 40000))
         return httpx.AsyncClient(transport=transport, base_url=f"http://{server}")
