@@ -138,10 +138,7 @@ def _run_blocking(
 
 
 class CommandRunner:
-    """Runs commands in worker threads; reports each failure to `on_failure(command)`."""
-
-    def __init__(self, on_failure: Callable[[str], None] | None = None) -> None:
-        self._on_failure = on_failure
+    """Runs commands in worker threads."""
 
     async def run(
         self,
@@ -160,12 +157,33 @@ class CommandRunner:
         started = time.monotonic()
         try:
             result = await asyncio.to_thread(_run_blocking, argv, stdin, timeout, new_session)
-            if check and result.returncode != 0:
-                raise CommandFailed(argv, result.returncode, result.stderr)
-        except CommandError as error:
-            if self._on_failure is not None:
-                self._on_failure(error.command)
-            raise
         finally:
             logger.debug("ran %s in %.1f ms", describe(argv), (time.monotonic() - started) * 1000)
+        if check and result.returncode != 0:
+            raise CommandFailed(argv, result.returncode, result.stderr)
         return result
+
+
+class ReportingRunner:
+    """Wraps any runner and reports each failed command's name to `on_failure`."""
+
+    def __init__(self, inner: Runner, on_failure: Callable[[str], None]) -> None:
+        self._inner = inner
+        self._on_failure = on_failure
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True,
+        new_session: bool = False,
+    ) -> CommandResult:
+        try:
+            return await self._inner.run(
+                argv, stdin=stdin, timeout=timeout, check=check, new_session=new_session
+            )
+        except CommandError as error:
+            self._on_failure(error.command)
+            raise

@@ -10,7 +10,9 @@ from command import Runner
 from config import Config
 from database import Database
 from hosts import HostsFile
+from metrics import Metrics
 from registry import Clock, Registry
+from status import StatusCache
 from wireguard import WireGuard
 
 
@@ -29,13 +31,17 @@ class AppContext:
     wireguard: WireGuard
     server_keys: dict[str, str]
     started_at: datetime
+    metrics: Metrics
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     registry: Registry = field(init=False)
     hosts: HostsFile = field(init=False)
+    status: StatusCache = field(init=False)
 
     def __post_init__(self) -> None:
         for name in self.config.fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
+        self.status = StatusCache(self.wireguard)
+        self.metrics.start_fleets(list(self.config.fleets))
         self.hosts = HostsFile(
             self.config.hosts_file, self.database, self.config.fleets, self.config.domain
         )
@@ -47,4 +53,5 @@ class AppContext:
             self.clock,
             self.fleet_locks,
             self.hosts,
+            self.metrics,
         )

@@ -60,7 +60,7 @@ class Client(Base):
     __table_args__ = (
         UniqueConstraint("fleet", "address", name="uq_clients_fleet_address"),
         UniqueConstraint("fleet", "hostname", name="uq_clients_fleet_hostname"),
-        Index("ix_clients_fleet_last_seen", "fleet", "last_seen"),
+        Index("ix_clients_fleet_last_active", "fleet", "last_active"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -74,6 +74,8 @@ class Client(Base):
     # Latest of registration and ping; handshakes are kept apart in last_handshake.
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
     last_handshake: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Latest of last_seen and last_handshake, kept so that activity can be indexed.
+    last_active: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 def database_url(database: str) -> str:

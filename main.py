@@ -14,20 +14,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import prometheus_client
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 
-from command import CommandError, CommandRunner, Runner
+from admin import router as admin_router
+from command import CommandError, CommandRunner, ReportingRunner, Runner
 from config import Config, ConfigError, ListenConfig, load_config
 from context import AppContext, utc_now
 from database import Client, Database
+from display import relative_time, short_key, utc_text
 from errors import WgFleetError
 from limits import BodySizeLimit
+from metrics import Metrics
 from pruning import Pruner, sweep_all
 from reconcile import delete_outside_subnet
 from registry import Clock
@@ -86,14 +91,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(config.database)
+        metrics = Metrics()
+        observed = ReportingRunner(runner or CommandRunner(), metrics.command_failed)
         context = AppContext(
             config=config,
-            runner=runner or CommandRunner(),
+            runner=observed,
             clock=clock,
             database=database,
-            wireguard=WireGuard(runner or CommandRunner(), config.wireguard_dir),
+            wireguard=WireGuard(observed, config.wireguard_dir),
             server_keys={},
             started_at=clock(),
+            metrics=metrics,
         )
         app.state.context = context
         try:
@@ -117,14 +125,19 @@ def create_app(
         summary="Registration, hostnames and monitoring for fleets of WireGuard clients.",
         lifespan=lifespan,
     )
-    app.state.templates = Jinja2Templates(
-        env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
-    )
+    templates = make_templates()
+    app.state.templates = templates
     app.include_router(router)
+    app.include_router(admin_router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(WgFleetError)
-    async def domain_error(request: Request, error: WgFleetError) -> JSONResponse:
+    async def domain_error(request: Request, error: WgFleetError) -> Response:
+        if wants_html(request):
+            return templates.TemplateResponse(
+                request, "error.html", {"error": error}, status_code=error.status_code
+            )
         return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
     @app.exception_handler(RequestValidationError)
@@ -132,6 +145,19 @@ def create_app(
         return JSONResponse({"detail": describe_validation(error)}, status_code=422)
 
     return app
+
+
+def make_templates() -> Jinja2Templates:
+    """Autoescaped templates, with the formatting filters they use."""
+    environment = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    environment.filters.update(ago=relative_time, utc=utc_text, short_key=short_key)
+    return Jinja2Templates(env=environment)
+
+
+def wants_html(request: Request) -> bool:
+    """Dashboard pages answer errors with a page; everything else with JSON."""
+    path = request.url.path
+    return request.method == "GET" and (path == "/" or path.startswith("/fleet/"))
 
 
 def describe_validation(error: RequestValidationError) -> str:
@@ -256,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)  # noqa: T201 - the one sentence the CLI promises
         return 2
     logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
+    prometheus_client.disable_created_metrics()  # no *_created series beside the counters
     problem = check_prerequisites()
     if problem:
         print(problem, file=sys.stderr)  # noqa: T201

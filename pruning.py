@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from ipaddress import IPv6Address
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.orm import Session
 
 from context import AppContext
-from database import Client
+from database import Client, UTCDateTime
 from reconcile import plan_peers
 from wireguard import InterfaceDump, interface_name
 
@@ -102,15 +103,26 @@ def store_sweep(
     rows were read wins over the prune.
     """
     if handshakes:
+        handshake = bindparam("new_handshake", type_=UTCDateTime())
         session.execute(
-            update(Client),
-            [{"id": client.id, "last_handshake": client.last_handshake} for client in handshakes],
+            update(Client)
+            .where(Client.id == bindparam("row_id"))
+            .values(
+                last_handshake=handshake,
+                last_active=case(
+                    (Client.last_active < handshake, handshake), else_=Client.last_active
+                ),
+            )
+            .execution_options(synchronize_session=False),
+            [{"row_id": c.id, "new_handshake": c.last_handshake} for c in handshakes],
         )
     deleted: set[int] = set()
     if inactive:
         ids = [client.id for client in inactive]
         still = set(
-            session.scalars(select(Client.id).where(Client.id.in_(ids), Client.last_seen < cutoff))
+            session.scalars(
+                select(Client.id).where(Client.id.in_(ids), Client.last_active < cutoff)
+            )
         )
         if still:
             session.execute(delete(Client).where(Client.id.in_(still)))
@@ -134,6 +146,7 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
         # Dump before reading the rows: every peer in the dump then has its row
         # committed already, so no peer being registered can be taken for a stray.
         dump = await context.wireguard.dump(fleet)
+        context.status.store(fleet, dump)
         clients = await context.database.read(lambda session: select_activity(session, fleet))
         merged = with_handshakes(clients, dump)
         changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
@@ -151,6 +164,7 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
         await context.wireguard.remove_peers(fleet, plan.remove)
         await context.wireguard.add_peers(fleet, plan.add)
     pruned = [client for client in inactive if client.id in deleted]
+    context.metrics.pruned.labels(fleet=fleet).inc(len(pruned))
     if pruned:
         logger.info(
             "fleet %s: pruned %d inactive client(s): %s",
@@ -171,11 +185,23 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
 
 
 async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[SweepReport]:
-    """Sweep every fleet, then rewrite the hosts file once."""
-    reports = [
-        await sweep_fleet(context, fleet, at_startup=at_startup) for fleet in context.config.fleets
-    ]
+    """Sweep every fleet, then rewrite the hosts file once.
+
+    One fleet failing (its `wg` hanging, say) does not keep the others from being swept
+    or the hosts file from following what was pruned; the failure is logged. At
+    start-up a failure is raised instead, since the service cannot run without it.
+    """
+    reports = []
+    started = time.monotonic()
+    for fleet in context.config.fleets:
+        try:
+            reports.append(await sweep_fleet(context, fleet, at_startup=at_startup))
+        except Exception as error:
+            if at_startup:
+                raise
+            logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
     await context.hosts.refresh()
+    context.metrics.prune_duration.observe(time.monotonic() - started)
     return reports
 
 

@@ -34,6 +34,7 @@ from errors import (
 )
 from hostnames import choose_hostname, search_prefix
 from hosts import HostsFile, fqdn
+from metrics import Metrics
 from wireguard import WireGuard, generate_keypair, render_client_config
 
 logger = logging.getLogger(__name__)
@@ -83,8 +84,10 @@ class Registry:
         clock: Clock,
         fleet_locks: dict[str, asyncio.Lock],
         hosts: HostsFile,
+        metrics: Metrics,
     ) -> None:
         self._hosts = hosts
+        self._metrics = metrics
         self._config = config
         self._database = database
         self._wireguard = wireguard
@@ -123,6 +126,7 @@ class Registry:
                 raise WireGuardUnavailable(
                     "WireGuard could not add the peer; nothing was registered. Try again later."
                 ) from None
+        self._metrics.registrations.labels(fleet=fleet).inc()
         if created:
             logger.info("registered %s in fleet %s from %s", row.address, fleet, source_ip)
         config = render_client_config(
@@ -154,6 +158,7 @@ class Registry:
                         "register again."
                     )
                 row.last_seen = max(row.last_seen, now)
+                row.last_active = max(row.last_active, now)
                 previous = row.hostname
                 if hostname is not None:
                     row.hostname = choose_hostname(
@@ -173,6 +178,7 @@ class Registry:
             raise Busy("The hostname could not be stored; try again.")
 
         assigned, renamed = await self._database.write(record)
+        self._metrics.pings.labels(fleet=fleet).inc()
         if renamed:
             logger.info("fleet %s: %s is now called %s", fleet, address, assigned)
             await self._hosts.refresh()
@@ -198,6 +204,7 @@ class Registry:
                         f"This public key is already registered in fleet {existing.fleet!r}."
                     )
                 existing.last_seen = max(existing.last_seen, now)
+                existing.last_active = max(existing.last_active, now)
                 existing.source_ip = source_ip
                 session.commit()
                 return existing, False
@@ -208,6 +215,7 @@ class Registry:
                 source_ip=source_ip,
                 registered_at=now,
                 last_seen=now,
+                last_active=now,
             )
             session.add(row)
             try:

@@ -7,7 +7,6 @@ from ipaddress import IPv6Address
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,7 +14,7 @@ from addresses import IPAddress, normalize_ip, resolve_client_ip
 from context import AppContext
 from errors import BadRequest, NotInFleet
 from hostnames import HOSTNAME
-from wireguard import InvalidKey, interface_name, normalize_public_key
+from wireguard import InvalidKey, normalize_public_key
 
 logger = logging.getLogger(__name__)
 
@@ -167,17 +166,3 @@ async def ping(
     source = tunnel_caller(request, context, fleet)
     result = await context.registry.ping(fleet, source, body.hostname if body else None)
     return PingResponse(hostname=result.hostname, fqdn=result.fqdn)
-
-
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-async def index(request: Request, context: ContextDep, templates: TemplatesDep) -> HTMLResponse:
-    fleets = [
-        {
-            "name": name,
-            "interface": interface_name(name),
-            "subnet": str(settings.subnet),
-            "endpoint": settings.endpoint,
-        }
-        for name, settings in context.config.fleets.items()
-    ]
-    return templates.TemplateResponse(request, "index.html", {"fleets": fleets})

@@ -19,6 +19,7 @@ from command import (
     CommandResult,
     CommandRunner,
     CommandTimeout,
+    ReportingRunner,
     describe,
     redact,
 )
@@ -50,39 +51,39 @@ def failures() -> Failures:
 
 
 @pytest.fixture
-def runner(failures: Failures) -> CommandRunner:
-    return CommandRunner(on_failure=failures)
+def runner(failures: Failures) -> ReportingRunner:
+    return ReportingRunner(CommandRunner(), failures)
 
 
-async def test_success(runner: CommandRunner, failures: Failures) -> None:
+async def test_success(runner: ReportingRunner, failures: Failures) -> None:
     result = await runner.run(["true"])
     assert result == CommandResult(("true",), 0, "", "")
     assert failures.commands == []
 
 
-async def test_output_captured(runner: CommandRunner) -> None:
+async def test_output_captured(runner: ReportingRunner) -> None:
     result = await runner.run(["sh", "-c", "echo out; echo err >&2"])
     assert (result.returncode, result.stdout, result.stderr) == (0, "out\n", "err\n")
 
 
-async def test_stdin_is_passed(runner: CommandRunner) -> None:
+async def test_stdin_is_passed(runner: ReportingRunner) -> None:
     text = "[Peer]\nPublicKey = x\n" * 1000
     result = await runner.run(["cat"], stdin=text)
     assert result.stdout == text
 
 
-async def test_no_stdin_reads_eof(runner: CommandRunner) -> None:
+async def test_no_stdin_reads_eof(runner: ReportingRunner) -> None:
     result = await runner.run(["cat"], timeout=5)
     assert result.stdout == ""
 
 
-async def test_check_false_returns_failure(runner: CommandRunner, failures: Failures) -> None:
+async def test_check_false_returns_failure(runner: ReportingRunner, failures: Failures) -> None:
     result = await runner.run(["sh", "-c", "echo nope >&2; exit 4"], check=False)
     assert (result.returncode, result.stderr) == (4, "nope\n")
     assert failures.commands == []
 
 
-async def test_failure_raises(runner: CommandRunner, failures: Failures) -> None:
+async def test_failure_raises(runner: ReportingRunner, failures: Failures) -> None:
     with pytest.raises(CommandFailed) as caught:
         await runner.run(["false"])
     assert caught.value.returncode == 1
@@ -90,7 +91,7 @@ async def test_failure_raises(runner: CommandRunner, failures: Failures) -> None
     assert failures.commands == ["false"]
 
 
-async def test_failure_redacts_stderr(runner: CommandRunner, failures: Failures) -> None:
+async def test_failure_redacts_stderr(runner: ReportingRunner, failures: Failures) -> None:
     script = "cat >&2; exit 3"
     with pytest.raises(CommandFailed) as caught:
         await runner.run(["sh", "-c", script], stdin=f"bad key  {KEY}\nline two\n")
@@ -102,21 +103,21 @@ async def test_failure_redacts_stderr(runner: CommandRunner, failures: Failures)
     assert failures.commands == ["sh"]
 
 
-async def test_failure_redacts_argv(runner: CommandRunner) -> None:
+async def test_failure_redacts_argv(runner: ReportingRunner) -> None:
     with pytest.raises(CommandFailed) as caught:
         await runner.run(["sh", "-c", "exit 2", KEY])
     assert KEY not in str(caught.value)
     assert REDACTED in str(caught.value)
 
 
-async def test_stderr_is_truncated(runner: CommandRunner) -> None:
+async def test_stderr_is_truncated(runner: ReportingRunner) -> None:
     with pytest.raises(CommandFailed) as caught:
         await runner.run(["sh", "-c", "head -c 5000 /dev/zero | tr '\\0' x >&2; exit 1"])
     assert str(caught.value).endswith(": " + "x" * 500)
 
 
 async def test_debug_log_is_redacted(
-    runner: CommandRunner, caplog: pytest.LogCaptureFixture
+    runner: ReportingRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG, logger="command"):
         await runner.run(["true", KEY])
@@ -125,7 +126,7 @@ async def test_debug_log_is_redacted(
 
 
 async def test_timeout_kills_process(
-    runner: CommandRunner, failures: Failures, tmp_path: Path
+    runner: ReportingRunner, failures: Failures, tmp_path: Path
 ) -> None:
     pid_file = tmp_path / "pid"
     started = time.monotonic()
@@ -138,7 +139,7 @@ async def test_timeout_kills_process(
 
 
 async def test_timeout_in_new_session_kills_the_whole_group(
-    runner: CommandRunner, tmp_path: Path
+    runner: ReportingRunner, tmp_path: Path
 ) -> None:
     # The background `sleep` keeps the output pipes open: only killing the whole
     # process group lets the runner return before it ends by itself.
@@ -155,7 +156,7 @@ async def test_timeout_in_new_session_kills_the_whole_group(
 
 
 @pytest.mark.parametrize("new_session", [False, True])
-async def test_new_session(runner: CommandRunner, new_session: bool) -> None:
+async def test_new_session(runner: ReportingRunner, new_session: bool) -> None:
     result = await runner.run(["cat", "/proc/self/stat"], new_session=new_session)
     pid = int(result.stdout.split()[0])
     fields = result.stdout.rsplit(")", 1)[1].split()
@@ -168,7 +169,7 @@ async def test_new_session(runner: CommandRunner, new_session: bool) -> None:
 
 @pytest.mark.parametrize("name", sorted(PACKAGE_OF))
 async def test_missing_binary_names_package(
-    runner: CommandRunner,
+    runner: ReportingRunner,
     failures: Failures,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -183,13 +184,15 @@ async def test_missing_binary_names_package(
     assert failures.commands == [name]
 
 
-async def test_missing_binary_without_known_package(runner: CommandRunner, tmp_path: Path) -> None:
+async def test_missing_binary_without_known_package(
+    runner: ReportingRunner, tmp_path: Path
+) -> None:
     with pytest.raises(CommandNotFound) as caught:
         await runner.run([str(tmp_path / "no-such-tool")])
     assert str(caught.value) == "`no-such-tool` is not installed or not on PATH"
 
 
-async def test_not_executable(runner: CommandRunner, failures: Failures, tmp_path: Path) -> None:
+async def test_not_executable(runner: ReportingRunner, failures: Failures, tmp_path: Path) -> None:
     script = tmp_path / "script"
     script.write_text("#!/bin/sh\n", encoding="utf-8")
     script.chmod(0o644)
@@ -200,7 +203,7 @@ async def test_not_executable(runner: CommandRunner, failures: Failures, tmp_pat
     assert failures.commands == ["script"]
 
 
-async def test_environment(runner: CommandRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_environment(runner: ReportingRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "debug")
     monkeypatch.setenv("WG_FLEET_PROBE", "kept")
     monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")

@@ -33,6 +33,7 @@ def client(**fields: Any) -> Client:
         "source_ip": "192.0.2.1",
         "registered_at": NOW,
         "last_seen": NOW,
+        "last_active": NOW,
     }
     values.update(fields)
     return Client(**values)

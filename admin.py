@@ -1,0 +1,222 @@
+"""What admins and monitoring read: the dashboard, the JSON API, metrics and health."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from context import AppContext
+from database import Client
+from display import ClientView, FleetSummary, client_view
+from errors import BadRequest
+from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
+from routes import ContextDep, TemplatesDep
+from status import count_online
+from wireguard import interface_name
+
+router = APIRouter()
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+REFRESH_SECONDS = 15
+
+
+def count_clients(session: Session) -> dict[str, tuple[int, int]]:
+    """Per fleet: (clients, clients with a hostname), in one query."""
+    rows = session.execute(
+        select(Client.fleet, func.count(Client.id), func.count(Client.hostname)).group_by(
+            Client.fleet
+        )
+    )
+    return {fleet: (total, named) for fleet, total, named in rows}
+
+
+async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
+    counts = await context.database.read(count_clients)
+    now = context.clock()
+    summaries = []
+    for name, settings in context.config.fleets.items():
+        total, named = counts.get(name, (0, 0))
+        summaries.append(
+            FleetSummary(
+                name=name,
+                interface=interface_name(name),
+                subnet=str(settings.subnet),
+                endpoint=settings.endpoint,
+                clients=total,
+                online=count_online(await context.status.dump(name), now),
+                named=named,
+            )
+        )
+    return summaries
+
+
+async def client_page(
+    context: AppContext, fleet: str, *, q: str, sort: Sort, limit: int, cursor: str | None
+) -> tuple[Page, list[ClientView]]:
+    context.registry.fleet(fleet)
+    try:
+        position = Cursor.decode(cursor, sort) if cursor else None
+    except InvalidCursor as error:
+        raise BadRequest(str(error)) from None
+    page = await context.database.read(
+        lambda session: select_page(
+            session, fleet, sort=sort, q=q.strip(), limit=limit, cursor=position
+        )
+    )
+    dump = await context.status.dump(fleet)
+    now = context.clock()
+    views = [
+        client_view(
+            row, domain=context.config.domain, dump=dump, now=now, started_at=context.started_at
+        )
+        for row in page.rows
+    ]
+    return page, views
+
+
+QueryText = Annotated[
+    str, Query(max_length=100, description="Prefix of a hostname, address or public key.")
+]
+SortParam = Annotated[Sort, Query(description="hostname (named first), activity or address.")]
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index(request: Request, context: ContextDep, templates: TemplatesDep) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        "index.html",
+        {"fleets": await fleet_summaries(context), "refresh": REFRESH_SECONDS},
+    )
+
+
+@router.get("/fleet/{fleet}", response_class=HTMLResponse, include_in_schema=False)
+async def fleet_page(
+    request: Request,
+    fleet: str,
+    context: ContextDep,
+    templates: TemplatesDep,
+    q: QueryText = "",
+    sort: SortParam = "hostname",
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+) -> HTMLResponse:
+    page, views = await client_page(context, fleet, q=q, sort=sort, limit=limit, cursor=cursor)
+    summary = next(s for s in await fleet_summaries(context) if s.name == fleet)
+    return templates.TemplateResponse(
+        request,
+        "fleet.html",
+        {
+            "fleet": summary,
+            "clients": views,
+            "page": page,
+            "q": q,
+            "sort": sort,
+            "sorts": SORTS,
+            "limit": limit,
+            "now": context.clock(),
+            "refresh": REFRESH_SECONDS,
+        },
+    )
+
+
+class FleetOut(BaseModel):
+    name: str
+    interface: str
+    subnet: str
+    endpoint: str
+    clients: int
+    online: int = Field(description="Clients with a WireGuard handshake under 3 minutes old.")
+    named: int = Field(description="Clients with a hostname.")
+
+
+class FleetsOut(BaseModel):
+    fleets: list[FleetOut]
+
+
+class ClientOut(BaseModel):
+    address: str
+    hostname: str | None
+    fqdn: str | None
+    public_key: str
+    source_ip: str
+    registered_at: datetime
+    last_seen: datetime = Field(description="Latest registration or ping.")
+    last_handshake: datetime | None
+    last_activity: datetime = Field(description="What pruning compares with prune_timeout.")
+    alive_because: Literal["registration", "ping", "handshake", "grace"]
+    online: bool
+
+
+class ClientsOut(BaseModel):
+    clients: list[ClientOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+@router.get("/api/fleets", response_model=FleetsOut)
+async def api_fleets(context: ContextDep) -> FleetsOut:
+    """Every configured fleet with its counts."""
+    summaries = await fleet_summaries(context)
+    return FleetsOut(fleets=[FleetOut.model_validate(s, from_attributes=True) for s in summaries])
+
+
+@router.get(
+    "/api/fleets/{fleet}/clients",
+    response_model=ClientsOut,
+    responses={404: {"description": "Unknown fleet."}, 400: {"description": "Bad cursor."}},
+)
+async def api_clients(
+    fleet: str,
+    context: ContextDep,
+    q: QueryText = "",
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    sort: SortParam = "hostname",
+) -> ClientsOut:
+    """One page of a fleet's clients; follow `next_cursor` for the rest."""
+    page, views = await client_page(context, fleet, q=q, sort=sort, limit=limit, cursor=cursor)
+    return ClientsOut(
+        clients=[ClientOut.model_validate(v, from_attributes=True) for v in views],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=True)
+async def metrics(context: ContextDep) -> Response:
+    """Prometheus text format; no per-client labels."""
+    summaries = await fleet_summaries(context)
+    body = context.metrics.render(
+        {s.name: s.clients for s in summaries}, {s.name: s.online for s in summaries}
+    )
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/health",
+    responses={503: {"description": "The database or an interface is not working."}},
+)
+async def health(context: ContextDep) -> JSONResponse:
+    """`pass` when the database answers and every fleet's interface is up."""
+    problems: list[str] = []
+    try:
+        await context.database.read(lambda session: session.execute(text("SELECT 1")).scalar())
+    except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
+        problems.append(f"the database does not answer: {type(error).__name__}")
+    for fleet in context.config.fleets:
+        try:
+            up = await context.wireguard.is_up(fleet)
+        except Exception:  # noqa: BLE001 - `ip` itself failing counts as down
+            up = False
+        if not up:
+            problems.append(f"interface {interface_name(fleet)} is down")
+    body: dict[str, Any] = (
+        {"status": "fail", "problems": problems} if problems else {"status": "pass"}
+    )
+    return JSONResponse(body, status_code=503 if problems else 200)

@@ -1,0 +1,161 @@
+"""Keyset pagination over a fleet's clients: search, sort, and opaque cursors.
+
+No OFFSET: each page continues from the sort key of the last row shown, so the
+thousandth page costs what the first does. A sort is a list of *segments*, each an
+index-ordered slice of the fleet (sorting by hostname shows named clients by name, then
+unnamed ones by age); a cursor names the segment and the key it stopped at.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from database import Client
+
+Sort = Literal["hostname", "activity", "address"]
+SORTS: tuple[Sort, ...] = ("hostname", "activity", "address")
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Segment:
+    where: ColumnElement[bool]
+    keys: tuple[InstrumentedAttribute[Any], ...]
+    descending: bool = False
+
+
+def segments(sort: Sort) -> list[Segment]:
+    if sort == "hostname":
+        return [
+            Segment(Client.hostname.is_not(None), (Client.hostname, Client.id)),
+            Segment(Client.hostname.is_(None), (Client.id,)),
+        ]
+    if sort == "activity":
+        return [Segment(Client.id.is_not(None), (Client.last_active, Client.id), descending=True)]
+    return [Segment(Client.id.is_not(None), (Client.address, Client.id))]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    sort: Sort
+    segment: int
+    key: tuple[Any, ...]
+    backwards: bool = False
+
+    def encode(self) -> str:
+        values = [v.isoformat() if isinstance(v, datetime) else v for v in self.key]
+        payload = json.dumps([self.sort, self.segment, values, self.backwards]).encode()
+        return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, sort: Sort) -> Cursor:
+        try:
+            payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+            cursor_sort, segment, values, backwards = payload
+            shape = segments(cursor_sort)[segment]
+        except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+            raise InvalidCursor("The cursor is not one this server handed out.") from None
+        if cursor_sort != sort or len(values) != len(shape.keys):
+            raise InvalidCursor("The cursor belongs to another sort order; start again.")
+        key = tuple(
+            datetime.fromisoformat(v) if column is Client.last_active else v
+            for v, column in zip(values, shape.keys, strict=True)
+        )
+        return cls(sort, segment, key, bool(backwards))
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Client]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+def prefix_range(column: InstrumentedAttribute[Any], prefix: str) -> ColumnElement[bool]:
+    """`column` starts with `prefix`, as a range an index can serve (portable, no LIKE)."""
+    return and_(column >= prefix, column < prefix + "\U0010ffff")
+
+
+def search_filter(q: str) -> ColumnElement[bool]:
+    """Hostname, address or public-key prefix."""
+    return or_(
+        prefix_range(Client.hostname, q.lower()),
+        prefix_range(Client.address, q.lower()),
+        prefix_range(Client.public_key, q),
+    )
+
+
+def _beyond(segment: Segment, key: Sequence[Any], backwards: bool) -> ColumnElement[bool]:
+    columns = tuple_(*segment.keys)
+    values = tuple_(*key)
+    after = columns < values if segment.descending else columns > values
+    before = columns > values if segment.descending else columns < values
+    return before if backwards else after
+
+
+def _ordered(segment: Segment, backwards: bool) -> list[Any]:
+    reverse = segment.descending != backwards
+    return [key.desc() if reverse else key.asc() for key in segment.keys]
+
+
+def _key_of(row: Client, segment: Segment) -> tuple[Any, ...]:
+    return tuple(getattr(row, column.key) for column in segment.keys)
+
+
+def select_page(
+    session: Session,
+    fleet: str,
+    *,
+    sort: Sort = "hostname",
+    q: str = "",
+    limit: int = 100,
+    cursor: Cursor | None = None,
+) -> Page:
+    """One page of the fleet's clients in `sort` order, continuing from `cursor`."""
+    shapes = segments(sort)
+    backwards = cursor.backwards if cursor else False
+    start = cursor.segment if cursor else (len(shapes) - 1 if backwards else 0)
+    order = range(start, -1, -1) if backwards else range(start, len(shapes))
+    found: list[tuple[int, Client]] = []
+    for index in order:
+        shape = shapes[index]
+        query = select(Client).where(Client.fleet == fleet, shape.where)
+        if q:
+            query = query.where(search_filter(q))
+        if cursor is not None and index == cursor.segment:
+            query = query.where(_beyond(shape, cursor.key, backwards))
+        query = query.order_by(*_ordered(shape, backwards)).limit(limit + 1 - len(found))
+        found += [(index, row) for row in session.scalars(query)]
+        if len(found) > limit:
+            break
+    more = len(found) > limit
+    found = found[:limit]
+    if backwards:
+        found.reverse()
+    rows = [row for _, row in found]
+    if not found:
+        return Page([], None, None)
+
+    def cursor_at(position: int, towards_start: bool) -> str:
+        index, row = found[position]
+        return Cursor(sort, index, _key_of(row, shapes[index]), towards_start).encode()
+
+    has_next = more if not backwards else True
+    has_previous = more if backwards else cursor is not None
+    return Page(
+        rows,
+        cursor_at(-1, False) if has_next else None,
+        cursor_at(0, True) if has_previous else None,
+    )

@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app (no module-level globals), no per-client labels."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.clients = Gauge(
+            "wg_fleet_clients", "Registered clients.", ["fleet"], registry=self.registry
+        )
+        self.clients_online = Gauge(
+            "wg_fleet_clients_online",
+            "Clients whose last WireGuard handshake is under 3 minutes old.",
+            ["fleet"],
+            registry=self.registry,
+        )
+        self.registrations = Counter(
+            "wg_fleet_registrations", "Successful registrations.", ["fleet"], registry=self.registry
+        )
+        self.pings = Counter(
+            "wg_fleet_pings", "Successful pings.", ["fleet"], registry=self.registry
+        )
+        self.pruned = Counter(
+            "wg_fleet_pruned", "Clients removed for inactivity.", ["fleet"], registry=self.registry
+        )
+        self.prune_duration = Histogram(
+            "wg_fleet_prune_duration_seconds",
+            "Duration of one pruning pass over all fleets.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.command_failures = Counter(
+            "wg_fleet_command_failures",
+            "External commands (wg, wg-quick, ip) that failed or timed out.",
+            ["command"],
+            registry=self.registry,
+        )
+
+    def start_fleets(self, fleets: list[str]) -> None:
+        """Export every fleet's series from the start, at zero, so rates are defined."""
+        for fleet in fleets:
+            for metric in (self.registrations, self.pings, self.pruned):
+                metric.labels(fleet=fleet)
+
+    def command_failed(self, command: str) -> None:
+        self.command_failures.labels(command=command).inc()
+
+    def render(self, clients: dict[str, int], online: dict[str, int]) -> bytes:
+        """The exposition text, with the gauges set to the counts just taken."""
+        for fleet, count in clients.items():
+            self.clients.labels(fleet=fleet).set(count)
+        for fleet, count in online.items():
+            self.clients_online.labels(fleet=fleet).set(count)
+        return generate_latest(self.registry)

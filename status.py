@@ -1,0 +1,69 @@
+"""Live WireGuard status for pages and metrics: at most one `wg show dump` per fleet per
+few seconds, shared by every caller, never one call per client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from command import CommandError
+from wireguard import InterfaceDump, WireGuard
+
+logger = logging.getLogger(__name__)
+
+ONLINE_WINDOW = timedelta(minutes=3)
+DEFAULT_TTL = 5.0
+
+
+def is_online(last_handshake: datetime | None, now: datetime) -> bool:
+    """A client is online when its last WireGuard handshake is under 3 minutes old."""
+    return last_handshake is not None and now - last_handshake < ONLINE_WINDOW
+
+
+def count_online(dump: InterfaceDump | None, now: datetime) -> int:
+    if dump is None:
+        return 0
+    return sum(1 for peer in dump.peers.values() if is_online(peer.latest_handshake, now))
+
+
+@dataclass
+class _Entry:
+    dump: InterfaceDump | None
+    taken_at: float
+
+
+class StatusCache:
+    """Caches each fleet's dump for `ttl` seconds; concurrent callers share one `wg` call.
+
+    A fleet whose dump fails is reported as `None` (unknown) until the next try.
+    """
+
+    def __init__(self, wireguard: WireGuard, ttl: float = DEFAULT_TTL) -> None:
+        self._wireguard = wireguard
+        self._ttl = ttl
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def store(self, fleet: str, dump: InterfaceDump) -> None:
+        """Keep a dump taken elsewhere (the pruning pass), saving a `wg` call."""
+        self._entries[fleet] = _Entry(dump, time.monotonic())
+
+    async def dump(self, fleet: str) -> InterfaceDump | None:
+        entry = self._entries.get(fleet)
+        if entry is not None and time.monotonic() - entry.taken_at < self._ttl:
+            return entry.dump
+        lock = self._locks.setdefault(fleet, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(fleet)
+            if entry is not None and time.monotonic() - entry.taken_at < self._ttl:
+                return entry.dump
+            try:
+                dump: InterfaceDump | None = await self._wireguard.dump(fleet)
+            except (CommandError, ValueError) as error:
+                logger.warning("cannot read the status of fleet %s: %s", fleet, error)
+                dump = None
+            self._entries[fleet] = _Entry(dump, time.monotonic())
+            return dump
