@@ -117,6 +117,8 @@ class FleetConfig(_Frozen):
     port: int = Field(ge=1, le=65535, strict=True)
     persistent_keepalive: int = Field(default=25, ge=0, le=65535, strict=True)
     allowed_ips: tuple[IPNetwork, ...] = ()
+    # wireguard-go holds at most 65,536 peers on one interface.
+    max_clients: int = Field(default=60000, ge=1, le=65536, strict=True)
 
     @field_validator("ip6", mode="before")
     @classmethod

@@ -6,11 +6,13 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from activity import ActivityBuffer
 from command import Runner
 from config import Config
 from database import Database
 from hosts import HostsFile
 from metrics import Metrics
+from pings import Pinger
 from registry import Clock, Registry
 from status import StatusCache
 from wireguard import WireGuard
@@ -36,6 +38,8 @@ class AppContext:
     registry: Registry = field(init=False)
     hosts: HostsFile = field(init=False)
     status: StatusCache = field(init=False)
+    activity: ActivityBuffer = field(init=False)
+    pinger: Pinger = field(init=False)
 
     def __post_init__(self) -> None:
         for name in self.config.fleets:
@@ -52,6 +56,9 @@ class AppContext:
             self.server_keys,
             self.clock,
             self.fleet_locks,
-            self.hosts,
             self.metrics,
+        )
+        self.activity = ActivityBuffer(self.database)
+        self.pinger = Pinger(
+            self.config, self.database, self.activity, self.hosts, self.metrics, self.clock
         )

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Engine,
     Index,
     String,
+    Table,
     UniqueConstraint,
     create_engine,
     event,
@@ -138,3 +139,7 @@ class Database:
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.engine.dispose()
+
+
+# The table itself, for Core statements that update many rows in one executemany.
+CLIENTS: Table = Client.__table__  # type: ignore[assignment]

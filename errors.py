@@ -9,6 +9,7 @@ Error tree::
     ├── NotInFleet             403  a ping from outside the fleet's tunnel
     ├── KeyInOtherFleet        409  the public key is registered in another fleet
     ├── PoolExhausted          503  no free address left in the fleet's subnet
+    ├── FleetFull              503  the fleet has max_clients clients
     ├── WireGuardUnavailable   503  `wg` failed; nothing was changed
     └── Busy                   503  concurrent writers kept colliding; try again
 """
@@ -48,6 +49,10 @@ class KeyInOtherFleet(WgFleetError):
 
 
 class PoolExhausted(WgFleetError):
+    status_code = 503
+
+
+class FleetFull(WgFleetError):
     status_code = 503
 
 

@@ -112,12 +112,14 @@ def create_app(
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
+            context.activity.start()
             app.state.pruner = pruner
             logger.info("serving %d fleet(s)", len(config.fleets))
             try:
                 yield
             finally:
                 await pruner.stop()
+                await context.activity.stop()
         finally:
             database.close()
 

@@ -19,8 +19,9 @@ from ipaddress import IPv6Address
 from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.orm import Session
 
+from activity import store_activity
 from context import AppContext
-from database import Client, UTCDateTime
+from database import CLIENTS, Client, UTCDateTime
 from reconcile import plan_peers
 from wireguard import InterfaceDump, interface_name
 
@@ -96,21 +97,24 @@ def store_sweep(
     handshakes: list[Activity],
     inactive: list[Activity],
     cutoff: datetime,
+    pending: dict[int, datetime] | None = None,
 ) -> set[int]:
-    """Persist new handshakes and delete the inactive rows; return the ids deleted.
+    """Store buffered ping times and new handshakes, then delete the inactive rows;
+    return the ids deleted.
 
-    A row is deleted only if it is still inactive now: a ping committed since the
-    rows were read wins over the prune.
+    A row is deleted only if it is still inactive now: a ping stored since the rows
+    were read wins over the prune.
     """
+    store_activity(session, pending or {})
     if handshakes:
         handshake = bindparam("new_handshake", type_=UTCDateTime())
         session.execute(
-            update(Client)
-            .where(Client.id == bindparam("row_id"))
+            update(CLIENTS)
+            .where(CLIENTS.c.id == bindparam("row_id"))
             .values(
                 last_handshake=handshake,
                 last_active=case(
-                    (Client.last_active < handshake, handshake), else_=Client.last_active
+                    (CLIENTS.c.last_active < handshake, handshake), else_=CLIENTS.c.last_active
                 ),
             )
             .execution_options(synchronize_session=False),
@@ -137,32 +141,40 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
     now = context.clock()
     cutoff = now - context.config.prune_timeout
     async with context.fleet_locks[fleet]:
-        brought_up = False
-        if not await context.wireguard.is_up(fleet):
-            await context.wireguard.bring_up(fleet)
-            brought_up = True
-            log = logger.info if at_startup else logger.warning
-            log("%s was down; brought it up", interface)
-        # Dump before reading the rows: every peer in the dump then has its row
-        # committed already, so no peer being registered can be taken for a stray.
-        dump = await context.wireguard.dump(fleet)
-        context.status.store(fleet, dump)
-        clients = await context.database.read(lambda session: select_activity(session, fleet))
-        merged = with_handshakes(clients, dump)
-        changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
-        inactive = find_inactive(
-            merged,
-            now=now,
-            timeout=context.config.prune_timeout,
-            started_at=context.started_at,
-        )
-        deleted = await context.database.write(
-            lambda session: store_sweep(session, changed, inactive, cutoff)
-        )
-        wanted = {c.public_key: c.address for c in merged if c.id not in deleted}
-        plan = plan_peers(wanted, dump)
-        await context.wireguard.remove_peers(fleet, plan.remove)
-        await context.wireguard.add_peers(fleet, plan.add)
+        with context.activity.committing_directly(fleet):
+            brought_up = False
+            if not await context.wireguard.is_up(fleet):
+                await context.wireguard.bring_up(fleet)
+                brought_up = True
+                log = logger.info if at_startup else logger.warning
+                log("%s was down; brought it up", interface)
+            # Dump before reading the rows: every peer in the dump then has its row
+            # committed already, so no peer being registered can be taken for a stray.
+            dump = await context.wireguard.dump(fleet)
+            context.status.store(fleet, dump)
+            clients = await context.database.read(lambda session: select_activity(session, fleet))
+            merged = with_handshakes(clients, dump)
+            changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
+            inactive = find_inactive(
+                merged,
+                now=now,
+                timeout=context.config.prune_timeout,
+                started_at=context.started_at,
+            )
+            # Buffered ping times are stored first, in the same transaction, so that
+            # the guard in store_sweep sees them.
+            pending = context.activity.take()
+            try:
+                deleted = await context.database.write(
+                    lambda session: store_sweep(session, changed, inactive, cutoff, pending)
+                )
+            except BaseException:
+                context.activity.restore(pending)
+                raise
+            wanted = {c.public_key: c.address for c in merged if c.id not in deleted}
+            plan = plan_peers(wanted, dump)
+            await context.wireguard.remove_peers(fleet, plan.remove)
+            await context.wireguard.add_peers(fleet, plan.add)
     pruned = [client for client in inactive if client.id in deleted]
     context.metrics.pruned.labels(fleet=fleet).inc(len(pruned))
     if pruned:

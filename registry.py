@@ -1,5 +1,4 @@
-"""Registration and pings: a client row and its WireGuard peer, created together or not
-at all, then kept alive and named by the client's pings.
+"""Registration: a client row and its WireGuard peer, created together or not at all.
 
 The row is committed first, then the peer is added; when adding the peer fails the row
 is deleted again before the caller hears of it. A crash between the two leaves a row
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv6Address
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -26,14 +25,13 @@ from config import Config, FleetConfig
 from database import Client, Database
 from errors import (
     Busy,
-    ClientNotFound,
+    FleetFull,
     FleetNotFound,
     KeyInOtherFleet,
     PoolExhausted,
+    WgFleetError,
     WireGuardUnavailable,
 )
-from hostnames import choose_hostname, search_prefix
-from hosts import HostsFile, fqdn
 from metrics import Metrics
 from wireguard import WireGuard, generate_keypair, render_client_config
 
@@ -42,6 +40,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_SIZE = 16
 SAMPLE_ROUNDS = 8
 INSERT_ATTEMPTS = 5
+MAX_BATCH = 256  # registrations per transaction and per `wg addconf`
 
 Clock = Callable[[], datetime]
 
@@ -72,8 +71,114 @@ def pick_address(session: Session, fleet: str, settings: FleetConfig) -> IPv6Add
     raise PoolExhausted(f"Fleet {fleet} has no free address left in {subnet}.")
 
 
+Outcome = tuple[Client, bool] | WgFleetError
+
+
+@dataclass
+class _Request:
+    public_key: str
+    source_ip: str
+    outcome: asyncio.Future[tuple[Client, bool]]
+
+
+def count_clients(session: Session, fleet: str) -> int:
+    return session.scalar(select(func.count(Client.id)).where(Client.fleet == fleet)) or 0
+
+
+def store_one(
+    session: Session,
+    fleet: str,
+    settings: FleetConfig,
+    request: _Request,
+    now: datetime,
+    room: int,
+) -> tuple[Client, bool]:
+    """Add the client's row, or refresh the row that has its key; flushed, not committed."""
+    existing = session.scalar(select(Client).where(Client.public_key == request.public_key))
+    if existing is not None:
+        if existing.fleet != fleet:
+            raise KeyInOtherFleet(
+                f"This public key is already registered in fleet {existing.fleet!r}."
+            )
+        existing.last_seen = max(existing.last_seen, now)
+        existing.last_active = max(existing.last_active, now)
+        existing.source_ip = request.source_ip
+        return existing, False
+    if room <= 0:
+        raise FleetFull(
+            f"Fleet {fleet} has reached its limit of {settings.max_clients} clients "
+            "(max_clients); try again once inactive clients are pruned."
+        )
+    row = Client(
+        fleet=fleet,
+        address=str(pick_address(session, fleet, settings)),
+        public_key=request.public_key,
+        source_ip=request.source_ip,
+        registered_at=now,
+        last_seen=now,
+        last_active=now,
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def store_batch(
+    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+) -> list[Outcome]:
+    """Store every request of `batch` in one transaction (a group commit).
+
+    Should another writer sharing the database collide with it (a UNIQUE violation),
+    the batch is redone one request at a time, each retried on collision.
+    """
+    try:
+        room = settings.max_clients - count_clients(session, fleet)
+        outcomes: list[Outcome] = []
+        for request in batch:
+            try:
+                outcome = store_one(session, fleet, settings, request, now, room)
+            except WgFleetError as error:
+                outcomes.append(error)
+                continue
+            room -= outcome[1]
+            outcomes.append(outcome)
+        session.commit()
+        return outcomes
+    except IntegrityError:
+        session.rollback()
+    return [store_alone(session, fleet, settings, request, now) for request in batch]
+
+
+def store_alone(
+    session: Session, fleet: str, settings: FleetConfig, request: _Request, now: datetime
+) -> Outcome:
+    for _ in range(INSERT_ATTEMPTS):
+        try:
+            room = settings.max_clients - count_clients(session, fleet)
+            outcome = store_one(session, fleet, settings, request, now, room)
+            session.commit()
+            return outcome
+        except IntegrityError:
+            session.rollback()  # another writer took the address or the key first
+        except WgFleetError as error:
+            session.rollback()
+            return error
+    return Busy("Registration kept colliding with other registrations; try again.")
+
+
+def delete_rows(session: Session, ids: list[int]) -> None:
+    session.execute(delete(Client).where(Client.id.in_(ids)))
+    session.commit()
+
+
 class Registry:
-    """Registers clients into fleets; one instance per running app."""
+    """Registers clients into fleets; one instance per running app.
+
+    Registrations that arrive together are stored in one transaction and added to the
+    interface with one `wg addconf` (per fleet, in arrival order, at most `MAX_BATCH`
+    at a time). Atomicity holds per batch: if `wg` fails, every row the batch created
+    is deleted again and each of its requests gets 503.
+    """
 
     def __init__(
         self,
@@ -83,17 +188,17 @@ class Registry:
         server_keys: dict[str, str],
         clock: Clock,
         fleet_locks: dict[str, asyncio.Lock],
-        hosts: HostsFile,
         metrics: Metrics,
     ) -> None:
-        self._hosts = hosts
-        self._metrics = metrics
         self._config = config
         self._database = database
         self._wireguard = wireguard
         self._server_keys = server_keys
         self._clock = clock
         self._locks = fleet_locks
+        self._metrics = metrics
+        self._queues: dict[str, list[_Request]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
     def fleet(self, name: str) -> FleetConfig:
         try:
@@ -106,26 +211,17 @@ class Registry:
     ) -> Registration:
         """Register a client, with its own public key or a key pair made here.
 
-        Raises `FleetNotFound`, `KeyInOtherFleet`, `PoolExhausted` or `WireGuardUnavailable`;
-        after any of them nothing of this request remains.
+        Raises `FleetNotFound`, `KeyInOtherFleet`, `PoolExhausted`, `FleetFull`, `Busy`
+        or `WireGuardUnavailable`; after any of them nothing of this request remains.
         """
         settings = self.fleet(fleet)
         keys = generate_keypair() if public_key is None else None
         key = keys.public_key if keys is not None else str(public_key)
-        now = self._clock()
-        async with self._locks[fleet]:
-            row, created = await self._database.write(
-                lambda session: self._store(session, fleet, settings, key, str(source_ip), now)
-            )
-            try:
-                await self._wireguard.add_peers(fleet, [(key, IPv6Address(row.address))])
-            except CommandError as error:
-                if created:
-                    await self._database.write(lambda session: _delete(session, row.id))
-                logger.error("registration in fleet %s failed: %s", fleet, error)
-                raise WireGuardUnavailable(
-                    "WireGuard could not add the peer; nothing was registered. Try again later."
-                ) from None
+        request = _Request(key, str(source_ip), asyncio.get_running_loop().create_future())
+        self._queues.setdefault(fleet, []).append(request)
+        if fleet not in self._workers:
+            self._workers[fleet] = asyncio.create_task(self._drain(fleet))
+        row, created = await request.outcome
         self._metrics.registrations.labels(fleet=fleet).inc()
         if created:
             logger.info("registered %s in fleet %s from %s", row.address, fleet, source_ip)
@@ -137,120 +233,50 @@ class Registry:
         )
         return Registration(IPv6Address(row.address), key, config, created)
 
-    async def ping(self, fleet: str, address: IPv6Address, hostname: str | None) -> PingResult:
-        """Record that the client at `address` is alive and, with `hostname`, name it.
-
-        Raises `FleetNotFound` or `ClientNotFound`. A changed name is committed before
-        this returns; the hosts file follows right after.
-        """
-        self.fleet(fleet)
-        now = self._clock()
-        separator = self._config.hostname_separator
-
-        def record(session: Session) -> tuple[str | None, bool]:
-            for _ in range(INSERT_ATTEMPTS):
-                row = session.scalar(
-                    select(Client).where(Client.fleet == fleet, Client.address == str(address))
-                )
-                if row is None:
-                    raise ClientNotFound(
-                        f"No client with address {address} is registered in fleet {fleet}; "
-                        "register again."
-                    )
-                row.last_seen = max(row.last_seen, now)
-                row.last_active = max(row.last_active, now)
-                previous = row.hostname
-                if hostname is not None:
-                    row.hostname = choose_hostname(
-                        hostname,
-                        current=row.hostname,
-                        current_request=row.requested_hostname,
-                        taken=_names_like(session, fleet, hostname, separator, row.id),
-                        separator=separator,
-                    )
-                    row.requested_hostname = hostname
+    async def _drain(self, fleet: str) -> None:
+        queue = self._queues[fleet]
+        try:
+            while queue:
+                batch = queue[:MAX_BATCH]
+                del queue[:MAX_BATCH]
                 try:
-                    session.commit()
-                except IntegrityError:
-                    session.rollback()  # another node took the name first: choose again
-                    continue
-                return row.hostname, row.hostname != previous
-            raise Busy("The hostname could not be stored; try again.")
+                    outcomes = await self._register_batch(fleet, batch)
+                except Exception as error:
+                    logger.exception("registration in fleet %s failed", fleet)
+                    outcomes = [Busy("Registration failed; try again.")] * len(batch)
+                    if isinstance(error, WgFleetError):
+                        outcomes = [error] * len(batch)
+                for request, outcome in zip(batch, outcomes, strict=True):
+                    if request.outcome.done():
+                        continue  # the caller went away
+                    if isinstance(outcome, WgFleetError):
+                        request.outcome.set_exception(outcome)
+                    else:
+                        request.outcome.set_result(outcome)
+        finally:
+            del self._workers[fleet]
 
-        assigned, renamed = await self._database.write(record)
-        self._metrics.pings.labels(fleet=fleet).inc()
-        if renamed:
-            logger.info("fleet %s: %s is now called %s", fleet, address, assigned)
-            await self._hosts.refresh()
-        if assigned is None:
-            return PingResult(None, None)
-        return PingResult(assigned, fqdn(assigned, fleet, self._config.domain))
-
-    @staticmethod
-    def _store(
-        session: Session,
-        fleet: str,
-        settings: FleetConfig,
-        public_key: str,
-        source_ip: str,
-        now: datetime,
-    ) -> tuple[Client, bool]:
-        """Insert the client's row, or refresh the existing row of the same key."""
-        for _ in range(INSERT_ATTEMPTS):
-            existing = session.scalar(select(Client).where(Client.public_key == public_key))
-            if existing is not None:
-                if existing.fleet != fleet:
-                    raise KeyInOtherFleet(
-                        f"This public key is already registered in fleet {existing.fleet!r}."
-                    )
-                existing.last_seen = max(existing.last_seen, now)
-                existing.last_active = max(existing.last_active, now)
-                existing.source_ip = source_ip
-                session.commit()
-                return existing, False
-            row = Client(
-                fleet=fleet,
-                address=str(pick_address(session, fleet, settings)),
-                public_key=public_key,
-                source_ip=source_ip,
-                registered_at=now,
-                last_seen=now,
-                last_active=now,
+    async def _register_batch(self, fleet: str, batch: list[_Request]) -> list[Outcome]:
+        settings = self.fleet(fleet)
+        now = self._clock()
+        async with self._locks[fleet]:
+            outcomes = await self._database.write(
+                lambda session: store_batch(session, fleet, settings, batch, now)
             )
-            session.add(row)
+            peers = [
+                (request.public_key, IPv6Address(outcome[0].address))
+                for request, outcome in zip(batch, outcomes, strict=True)
+                if not isinstance(outcome, WgFleetError)
+            ]
             try:
-                session.commit()
-            except IntegrityError:
-                # Another writer (another node sharing the database) took the address
-                # or the key first: look again.
-                session.rollback()
-                continue
-            return row, True
-        raise PoolExhausted(f"Fleet {fleet} could not allocate an address; try again.")
-
-
-def _delete(session: Session, client_id: int) -> None:
-    session.execute(delete(Client).where(Client.id == client_id))
-    session.commit()
-
-
-@dataclass(frozen=True)
-class PingResult:
-    hostname: str | None
-    fqdn: str | None
-
-
-def _names_like(
-    session: Session, fleet: str, requested: str, separator: str, own_id: int
-) -> set[str]:
-    """Names held by the fleet's other clients that could collide with `requested`."""
-    prefix = search_prefix(requested, separator)
-    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    rows = session.scalars(
-        select(Client.hostname).where(
-            Client.fleet == fleet,
-            Client.id != own_id,
-            Client.hostname.like(pattern, escape="\\"),
-        )
-    )
-    return {name for name in rows if name is not None}
+                await self._wireguard.add_peers(fleet, peers)
+            except CommandError as error:
+                created = [o[0].id for o in outcomes if not isinstance(o, WgFleetError) and o[1]]
+                if created:
+                    await self._database.write(lambda session: delete_rows(session, created))
+                logger.error("registration in fleet %s failed: %s", fleet, error)
+                failure = WireGuardUnavailable(
+                    "WireGuard could not add the peer; nothing was registered. Try again later."
+                )
+                return [o if isinstance(o, WgFleetError) else failure for o in outcomes]
+        return outcomes

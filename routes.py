@@ -164,5 +164,5 @@ async def ping(
 ) -> PingResponse:
     """Keep a client alive and, with `hostname`, give it a unique name in the fleet."""
     source = tunnel_caller(request, context, fleet)
-    result = await context.registry.ping(fleet, source, body.hostname if body else None)
+    result = await context.pinger.ping(fleet, source, body.hostname if body else None)
     return PingResponse(hostname=result.hostname, fqdn=result.fqdn)

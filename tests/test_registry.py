@@ -1,0 +1,72 @@
+"""Group-committed registration: batches, atomicity per batch, max_clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+
+from database import Client
+from tests.conftest import FLEET
+from tests.fakes import FakeWireGuard
+
+StartApp = Callable[..., Any]
+
+
+async def test_concurrent_registrations_share_transactions_and_wg_calls(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app() as running, running.client() as http:
+        fake_wg.calls.clear()
+        answers = await asyncio.gather(*(http.post(f"/fleet/{FLEET}/register") for _ in range(100)))
+        stored = await running.context.database.read(
+            lambda s: s.scalars(select(Client.address)).all()
+        )
+    assert [a.status_code for a in answers] == [200] * 100
+    addresses = {a.json()["address"] for a in answers}
+    assert len(addresses) == 100
+    assert set(stored) == addresses
+    assert len(fake_wg.interfaces["wg_alpha"].peers) == 100
+    assert fake_wg.count("wg", "addconf") < 100  # batched, not one process per client
+
+
+async def test_a_failing_wg_fails_the_whole_batch_and_leaves_nothing(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app() as running, running.client() as http:
+        fake_wg.fail = {"addconf"}
+        answers = await asyncio.gather(*(http.post(f"/fleet/{FLEET}/register") for _ in range(20)))
+        stored = await running.context.database.read(lambda s: s.scalars(select(Client)).all())
+    assert {a.status_code for a in answers} == {503}
+    assert stored == []
+    assert fake_wg.interfaces["wg_alpha"].peers == {}
+
+
+async def test_max_clients_is_enforced_with_a_sentence(
+    start_app: StartApp, make_config: Callable[..., Any]
+) -> None:
+    config = make_config()
+    small = config.fleets[FLEET].model_copy(update={"max_clients": 3})
+    config = config.model_copy(update={"fleets": {**config.fleets, FLEET: small}})
+    async with start_app(config) as running, running.client() as http:
+        answers = await asyncio.gather(*(http.post(f"/fleet/{FLEET}/register") for _ in range(5)))
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 503, 503]
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.json() == {
+        "detail": "Fleet alpha has reached its limit of 3 clients (max_clients); "
+        "try again once inactive clients are pruned."
+    }
+
+
+async def test_the_same_key_twice_in_one_batch_gets_one_address(start_app: StartApp) -> None:
+    key = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
+    async with start_app() as running, running.client() as http:
+        answers = await asyncio.gather(
+            *(http.post(f"/fleet/{FLEET}/register", json={"public_key": key}) for _ in range(5))
+        )
+        stored = await running.context.database.read(lambda s: s.scalars(select(Client)).all())
+    assert {a.status_code for a in answers} == {200}
+    assert len({a.json()["address"] for a in answers}) == 1
+    assert len(stored) == 1
