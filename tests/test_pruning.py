@@ -1,0 +1,607 @@
+"""pruning.py: the pure pruning decision, the stored sweep, and sweeps through a running app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+import pruning
+from context import AppContext
+from database import Client, Database
+from pruning import (
+    Activity,
+    Pruner,
+    SweepReport,
+    find_inactive,
+    last_activity,
+    select_activity,
+    store_sweep,
+    with_handshakes,
+)
+from tests.conftest import Running
+from tests.fakes import FakeClock, FakeWireGuard
+from wireguard import InterfaceDump, PeerStatus
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+TIMEOUT = timedelta(minutes=30)
+LONG_AGO = NOW - timedelta(days=1)
+STRAY = base64.b64encode(b"\x07" * 32).decode()
+
+StartApp = Callable[..., Any]
+
+
+def activity(
+    number: int = 1,
+    *,
+    last_seen: datetime = LONG_AGO,
+    last_handshake: datetime | None = None,
+) -> Activity:
+    return Activity(
+        number, f"key-{number}", IPv6Address(f"fd00:1::{number}"), None, last_seen, last_handshake
+    )
+
+
+def dump_with(handshakes: dict[str, datetime | None]) -> InterfaceDump:
+    peers = {key: PeerStatus(key, None, (), seen, 0, 0) for key, seen in handshakes.items()}
+    return InterfaceDump("serverpublic=", 51820, peers)
+
+
+# --- last_activity and find_inactive -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("last_seen", "handshake", "started_at", "expected"),
+    [
+        (NOW, None, LONG_AGO, NOW),
+        (LONG_AGO, NOW, LONG_AGO, NOW),
+        (LONG_AGO, None, NOW, NOW),
+        (NOW - timedelta(hours=2), NOW - timedelta(hours=1), LONG_AGO, NOW - timedelta(hours=1)),
+        (NOW - timedelta(hours=1), NOW - timedelta(hours=2), LONG_AGO, NOW - timedelta(hours=1)),
+    ],
+)
+def test_last_activity_is_the_latest_moment(
+    last_seen: datetime, handshake: datetime | None, started_at: datetime, expected: datetime
+) -> None:
+    client = activity(last_seen=last_seen, last_handshake=handshake)
+    assert last_activity(client, started_at) == expected
+
+
+def inactive_ids(*clients: Activity, started_at: datetime = LONG_AGO) -> list[int]:
+    found = find_inactive(clients, now=NOW, timeout=TIMEOUT, started_at=started_at)
+    return [client.id for client in found]
+
+
+def test_recent_handshake_keeps_an_old_client() -> None:
+    client = activity(last_seen=LONG_AGO, last_handshake=NOW - timedelta(minutes=5))
+    assert inactive_ids(client) == []
+
+
+def test_old_seen_and_old_handshake_is_pruned() -> None:
+    old = activity(1, last_seen=LONG_AGO, last_handshake=NOW - timedelta(hours=1))
+    never = activity(2, last_seen=LONG_AGO)
+    fresh = activity(3, last_seen=NOW - timedelta(minutes=1))
+    assert inactive_ids(old, never, fresh) == [1, 2]
+
+
+def test_startup_grace_prunes_nothing() -> None:
+    clients = [activity(n, last_seen=LONG_AGO) for n in range(1, 6)]
+    assert inactive_ids(*clients, started_at=NOW - timedelta(minutes=29)) == []
+    assert inactive_ids(*clients, started_at=NOW - timedelta(minutes=31)) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("age", "pruned"),
+    [
+        (TIMEOUT - timedelta(microseconds=1), False),
+        (TIMEOUT, False),  # exactly at the cutoff: not older than the timeout
+        (TIMEOUT + timedelta(microseconds=1), True),
+    ],
+)
+def test_cutoff_boundary(age: timedelta, pruned: bool) -> None:
+    assert inactive_ids(activity(last_seen=NOW - age)) == ([1] if pruned else [])
+    assert inactive_ids(activity(last_handshake=NOW - age)) == ([1] if pruned else [])
+
+
+# --- with_handshakes ---------------------------------------------------------------------
+
+
+def test_with_handshakes_takes_only_newer_handshakes() -> None:
+    stored = NOW - timedelta(hours=1)
+    clients = [
+        activity(1, last_handshake=stored),  # newer in the dump: replaced
+        activity(2, last_handshake=stored),  # older in the dump: kept
+        activity(3),  # first handshake: taken
+        activity(4, last_handshake=stored),  # none in the dump: kept
+        activity(5, last_handshake=stored),  # not on the interface: kept
+    ]
+    dump = dump_with(
+        {
+            "key-1": NOW,
+            "key-2": stored - timedelta(minutes=1),
+            "key-3": NOW,
+            "key-4": None,
+            "someone-else": NOW,
+        }
+    )
+    merged = with_handshakes(clients, dump)
+    assert [client.last_handshake for client in merged] == [NOW, stored, NOW, stored, stored]
+    # Unchanged clients are the very same objects: the sweep persists only the others.
+    assert [new is old for old, new in zip(clients, merged, strict=True)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
+    assert merged[0].last_seen == clients[0].last_seen
+
+
+# --- store_sweep on SQLite ---------------------------------------------------------------
+
+
+@pytest.fixture
+def database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(str(tmp_path / "clients.db"))
+    db.create_schema()
+    yield db
+    db.close()
+
+
+def row(number: int, last_seen: datetime, last_handshake: datetime | None = None) -> Client:
+    return Client(
+        fleet="alpha",
+        address=f"fd00:1::{number}",
+        public_key=f"key-{number}",
+        source_ip="192.0.2.50",
+        registered_at=LONG_AGO,
+        last_seen=last_seen,
+        last_handshake=last_handshake,
+        last_active=max(last_seen, last_handshake or last_seen),
+    )
+
+
+async def insert(database: Database, *rows: Client) -> dict[str, int]:
+    """Insert rows; return their ids by public key."""
+
+    def job(session: Session) -> dict[str, int]:
+        session.add_all(rows)
+        session.commit()
+        return {client.public_key: client.id for client in rows}
+
+    return await database.write(job)
+
+
+async def stored(database: Database) -> dict[str, datetime | None]:
+    """public key → last_handshake of every row left."""
+
+    def job(session: Session) -> dict[str, datetime | None]:
+        rows = session.execute(select(Client.public_key, Client.last_handshake))
+        return {key: handshake for key, handshake in rows}
+
+    return await database.read(job)
+
+
+async def test_store_sweep_persists_handshakes_and_deletes_inactive(database: Database) -> None:
+    await insert(
+        database,
+        row(1, LONG_AGO),  # inactive
+        row(2, LONG_AGO),  # inactive, but pings before the delete
+        row(3, LONG_AGO),  # handshake seen in this pass
+        row(4, NOW),
+    )
+    clients = await database.read(lambda session: select_activity(session, "alpha"))
+    merged = with_handshakes(clients, dump_with({"key-3": NOW - timedelta(minutes=2)}))
+    changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
+    inactive = find_inactive(merged, now=NOW, timeout=TIMEOUT, started_at=LONG_AGO)
+    assert sorted(client.public_key for client in inactive) == ["key-1", "key-2"]
+
+    # A ping arrives after the rows were read and before the delete: it wins.
+    def ping(session: Session) -> None:
+        session.execute(
+            update(Client)
+            .where(Client.public_key == "key-2")
+            .values(last_seen=NOW, last_active=NOW)
+        )
+        session.commit()
+
+    await database.write(ping)
+    cutoff = NOW - TIMEOUT
+    deleted = await database.write(lambda session: store_sweep(session, changed, inactive, cutoff))
+
+    ids = {client.public_key: client.id for client in clients}
+    assert deleted == {ids["key-1"]}
+    assert await stored(database) == {
+        "key-2": None,
+        "key-3": NOW - timedelta(minutes=2),
+        "key-4": None,
+    }
+    last_active = await database.read(
+        lambda session: dict(session.execute(select(Client.public_key, Client.last_active)).all())
+    )
+    assert last_active == {"key-2": NOW, "key-3": NOW - timedelta(minutes=2), "key-4": NOW}
+
+
+async def test_store_sweep_with_nothing_to_do(database: Database) -> None:
+    await insert(database, row(1, NOW, NOW))
+    deleted = await database.write(lambda session: store_sweep(session, [], [], NOW - TIMEOUT))
+    assert deleted == set()
+    assert await stored(database) == {"key-1": NOW}
+
+
+# --- sweeps through a running app (fake wg, injected clock) ------------------------------
+
+
+async def register(running: Running) -> tuple[str, str]:
+    """Register a client in fleet alpha; return its address and public key."""
+    async with running.client() as http:
+        response = await http.post("/fleet/alpha/register")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["address"], body["public_key"]
+
+
+async def ping(running: Running, address: str, hostname: str | None = None) -> dict[str, Any]:
+    async with running.in_tunnel(address) as http:
+        response = await http.post(
+            "/fleet/alpha/ping", json={} if hostname is None else {"hostname": hostname}
+        )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def rows(running: Running) -> dict[str, tuple[str, str | None, datetime | None]]:
+    """public key → (address, hostname, last_handshake) of fleet alpha's rows."""
+
+    def job(session: Session) -> dict[str, tuple[str, str | None, datetime | None]]:
+        result = session.execute(
+            select(Client.public_key, Client.address, Client.hostname, Client.last_handshake).where(
+                Client.fleet == "alpha"
+            )
+        )
+        return {key: (address, name, handshake) for key, address, name, handshake in result}
+
+    return await running.context.database.read(job)
+
+
+def peers(fake_wg: FakeWireGuard) -> dict[str, str]:
+    return dict(fake_wg.interfaces["wg_alpha"].peers)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "pruned"),
+    [(9 * 60, 0), (10 * 60, 0), (10 * 60 + 1, 1)],
+)
+async def test_sweep_prunes_after_the_timeout(
+    start_app: StartApp, fake_wg: FakeWireGuard, clock: FakeClock, seconds: int, pruned: int
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        _, key = await register(running)
+        clock.advance(seconds=seconds)
+        fake_wg.calls.clear()
+        report = await pruning.sweep_fleet(running.context, "alpha")
+        assert report == SweepReport("alpha", pruned, 0, 0, False)
+        assert (key in peers(fake_wg)) is not pruned
+        assert (key in await rows(running)) is not pruned
+        assert fake_wg.count("wg", "show") == 1
+        assert fake_wg.count("wg", "set") == pruned
+        assert fake_wg.count("wg", "addconf") == 0
+
+
+async def test_sweep_prunes_only_the_inactive(
+    start_app: StartApp,
+    fake_wg: FakeWireGuard,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        gone = [await register(running) for _ in range(3)]
+        clock.advance(minutes=5)
+        kept_address, kept_key = await register(running)
+        clock.advance(minutes=6)
+        await ping(running, kept_address)  # refreshes it; the first three are 11 minutes old
+        fake_wg.calls.clear()
+        caplog.set_level(logging.INFO, logger="pruning")
+        report = await pruning.sweep_fleet(running.context, "alpha")
+
+        assert report == SweepReport("alpha", 3, 0, 0, False)
+        assert peers(fake_wg) == {kept_key: f"{kept_address}/128"}
+        assert list(await rows(running)) == [kept_key]
+        assert fake_wg.count("wg", "show") == 1
+        assert fake_wg.count("wg", "set") == 1  # one bulk removal
+        messages = [r.getMessage() for r in caplog.records if r.name == "pruning"]
+        assert len(messages) == 1
+        assert "pruned 3 inactive client(s)" in messages[0]
+        assert all(address in messages[0] for address, _ in gone)
+
+
+async def test_recent_handshake_survives_and_is_persisted(
+    start_app: StartApp, fake_wg: FakeWireGuard, clock: FakeClock
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        address, key = await register(running)
+        clock.advance(minutes=11)
+        handshake = int(clock.now.timestamp()) - 60
+        fake_wg.interfaces["wg_alpha"].handshakes[key] = handshake
+        report = await pruning.sweep_fleet(running.context, "alpha")
+        assert report.pruned == 0
+        moment = datetime.fromtimestamp(handshake, UTC)
+        assert await rows(running) == {key: (address, None, moment)}
+        assert key in peers(fake_wg)
+
+        # The persisted handshake counts after a reboot wiped the interface's memory too.
+        fake_wg.interfaces["wg_alpha"].handshakes.clear()
+        clock.advance(minutes=8)
+        assert (await pruning.sweep_fleet(running.context, "alpha")).pruned == 0
+        assert (await rows(running))[key][2] == moment
+        clock.advance(minutes=3)  # now 11 minutes after the handshake
+        assert (await pruning.sweep_fleet(running.context, "alpha")).pruned == 1
+        assert await rows(running) == {}
+        assert peers(fake_wg) == {}
+
+
+async def test_sweep_repairs_drift_with_one_dump_and_bulk_calls(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        (a_address, a_key), (b_address, b_key), (c_address, c_key) = [
+            await register(running) for _ in range(3)
+        ]
+        interface = fake_wg.interfaces["wg_alpha"]
+        del interface.peers[a_key]  # lost
+        interface.peers[b_key] = "fd00:1::dead/128"  # wrong allowed IPs
+        interface.peers[STRAY] = "fd00:1::beef/128"  # unknown to the database
+        fake_wg.calls.clear()
+
+        report = await pruning.sweep_fleet(running.context, "alpha")
+
+        assert report == SweepReport("alpha", 0, 2, 1, False)
+        assert peers(fake_wg) == {
+            a_key: f"{a_address}/128",
+            b_key: f"{b_address}/128",
+            c_key: f"{c_address}/128",
+        }
+        assert fake_wg.count("wg", "show") == 1
+        assert fake_wg.count("wg", "set") == 1
+        assert fake_wg.count("wg", "addconf") == 1
+
+        # A second pass finds nothing to do.
+        fake_wg.calls.clear()
+        assert await pruning.sweep_fleet(running.context, "alpha") == SweepReport(
+            "alpha", 0, 0, 0, False
+        )
+        assert fake_wg.count("wg", "set") == fake_wg.count("wg", "addconf") == 0
+
+
+async def test_sweep_all_dumps_each_fleet_once(start_app: StartApp, fake_wg: FakeWireGuard) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        await register(running)
+        fake_wg.calls.clear()
+        reports = await pruning.sweep_all(running.context)
+        assert [report.fleet for report in reports] == ["alpha", "beta"]
+        assert fake_wg.count("wg", "show", "wg_alpha") == 1
+        assert fake_wg.count("wg", "show", "wg_beta") == 1
+        assert fake_wg.count("wg", "show") == 2
+        assert fake_wg.count("wg", "set") == fake_wg.count("wg", "addconf") == 0
+
+
+async def test_interface_set_down_is_brought_up(
+    start_app: StartApp, fake_wg: FakeWireGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        address, key = await register(running)
+        fake_wg.interfaces["wg_alpha"].up = False
+        fake_wg.calls.clear()
+        with caplog.at_level(logging.WARNING, logger="pruning"):
+            report = await pruning.sweep_fleet(running.context, "alpha")
+        assert report == SweepReport("alpha", 0, 0, 0, True)
+        assert fake_wg.interfaces["wg_alpha"].up
+        assert peers(fake_wg) == {key: f"{address}/128"}
+        assert fake_wg.count("ip", "link", "set", "up", "dev", "wg_alpha") == 1
+        assert fake_wg.count("wg-quick") == 0
+        assert any("wg_alpha was down" in r.getMessage() for r in caplog.records)
+
+
+async def test_deleted_interface_comes_back_with_its_peers(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        clients = [await register(running) for _ in range(2)]
+        del fake_wg.interfaces["wg_alpha"]
+        fake_wg.calls.clear()
+        report = await pruning.sweep_fleet(running.context, "alpha")
+        assert report == SweepReport("alpha", 0, 2, 0, True)
+        assert fake_wg.interfaces["wg_alpha"].up
+        assert peers(fake_wg) == {key: f"{address}/128" for address, key in clients}
+        assert fake_wg.count("wg-quick", "up") == 1
+        assert fake_wg.count("wg", "addconf") == 1
+
+
+async def test_pruned_names_leave_the_hosts_file(start_app: StartApp, clock: FakeClock) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        hosts_path = running.context.config.hosts_file
+        (old_address, _), (new_address, new_key) = [await register(running) for _ in range(2)]
+        assert (await ping(running, old_address, "excavator"))["hostname"] == "excavator"
+        assert (await ping(running, new_address, "excavator"))["hostname"] == "excavator2"
+        assert hosts_path.read_text(encoding="utf-8") == "".join(
+            sorted(
+                [
+                    f"{old_address} excavator.alpha.fleet.test\n",
+                    f"{new_address} excavator2.alpha.fleet.test\n",
+                ],
+                key=lambda line: IPv6Address(line.split()[0]),
+            )
+        )
+
+        clock.advance(minutes=11)
+        await ping(running, new_address)  # only the second client stays active
+        reports = await pruning.sweep_all(running.context)
+
+        assert [report.pruned for report in reports] == [1, 0]
+        assert hosts_path.read_text(encoding="utf-8") == (
+            f"{new_address} excavator2.alpha.fleet.test\n"
+        )
+        # The name is free again: the next ping promotes the survivor.
+        body = await ping(running, new_address, "excavator")
+        assert body == {
+            "status": "ok",
+            "hostname": "excavator",
+            "fqdn": "excavator.alpha.fleet.test",
+        }
+        assert hosts_path.read_text(encoding="utf-8") == (
+            f"{new_address} excavator.alpha.fleet.test\n"
+        )
+        assert (await rows(running))[new_key][1] == "excavator"
+
+
+# --- the Pruner task ---------------------------------------------------------------------
+
+
+async def eventually(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def pruner_tasks() -> list[asyncio.Task[Any]]:
+    return [task for task in asyncio.all_tasks() if task.get_name() == "wg-fleet-pruner"]
+
+
+async def test_pruner_survives_a_failing_pass(
+    start_app: StartApp, fake_wg: FakeWireGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        pruner: Pruner = running.app.state.pruner
+        [task] = pruner_tasks()
+        interface = fake_wg.interfaces["wg_alpha"]
+        interface.peers[STRAY] = "fd00:1::beef/128"
+
+        def failures() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if r.name == "pruning" and r.levelno == logging.ERROR]
+
+        fake_wg.fail = {"show"}
+        with caplog.at_level(logging.ERROR, logger="pruning"):
+            pruner.wake()
+            await eventually(lambda: len(failures()) == 2, "both fleets' failures in the log")
+        assert all(record.exc_info is not None for record in failures())
+        assert "fleet alpha" in failures()[0].getMessage()
+        assert "fleet beta" in failures()[1].getMessage()
+        assert not task.done()
+        assert STRAY in interface.peers
+
+        fake_wg.fail = set()
+        pruner.wake()
+        await eventually(lambda: STRAY not in interface.peers, "the next pass to remove the stray")
+        assert not task.done()
+
+        await pruner.stop()
+        assert task.cancelled()
+        assert pruner_tasks() == []
+
+
+async def test_pruner_loop_survives_an_exception_from_the_pass(
+    start_app: StartApp,
+    fake_wg: FakeWireGuard,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_sweep_all = pruning.sweep_all
+    passes: list[str] = []
+
+    async def fails_once(context: AppContext, *, at_startup: bool = False) -> list[SweepReport]:
+        passes.append("pass")
+        if len(passes) == 1:
+            raise RuntimeError("the database went away")
+        return await real_sweep_all(context, at_startup=at_startup)
+
+    async with start_app(prune_timeout="10m") as running:
+        pruner: Pruner = running.app.state.pruner
+        [task] = pruner_tasks()
+        monkeypatch.setattr(pruning, "sweep_all", fails_once)
+        interface = fake_wg.interfaces["wg_alpha"]
+        interface.peers[STRAY] = "fd00:1::beef/128"
+        with caplog.at_level(logging.ERROR, logger="pruning"):
+            pruner.wake()
+            await eventually(lambda: len(passes) == 1 and bool(caplog.records), "the failure")
+        [record] = [r for r in caplog.records if r.name == "pruning"]
+        assert "a pruning pass failed" in record.getMessage()
+        assert record.exc_info is not None
+        assert not task.done()
+
+        pruner.wake()
+        await eventually(lambda: STRAY not in interface.peers, "the next pass to succeed")
+        assert len(passes) == 2
+
+
+async def test_pruner_wake_runs_a_pass(
+    start_app: StartApp, fake_wg: FakeWireGuard, clock: FakeClock
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        pruner: Pruner = running.app.state.pruner
+        _, key = await register(running)
+        clock.advance(minutes=11)
+        pruner.wake()
+        await eventually(lambda: key not in peers(fake_wg), "the woken pass to prune")
+        assert await rows(running) == {}
+
+
+# --- one fleet failing -------------------------------------------------------------------
+
+
+async def test_a_failing_fleet_does_not_stop_the_others(
+    start_app: StartApp, fake_wg: FakeWireGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        fake_wg.interfaces["wg_beta"].peers[STRAY] = "fd00:2::beef/128"
+        del fake_wg.interfaces["wg_alpha"]
+        fake_wg.fail = {"wg-quick"}  # alpha cannot be brought back
+        with caplog.at_level(logging.ERROR, logger="pruning"):
+            reports = await pruning.sweep_all(running.context)
+        assert [report.fleet for report in reports] == ["beta"]
+        assert STRAY not in fake_wg.interfaces["wg_beta"].peers
+        assert any("alpha" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_hosts_file_follows_deletions_even_when_wg_fails(
+    start_app: StartApp, fake_wg: FakeWireGuard, clock: FakeClock
+) -> None:
+    async with start_app(prune_timeout="10m") as running:
+        address, _ = await register(running)
+        await ping(running, address, "excavator")
+        hosts_path = running.context.config.hosts_file
+        assert hosts_path.read_text(encoding="utf-8") != ""
+        clock.advance(minutes=11)
+        fake_wg.fail = {"set"}  # the row is deleted, then removing the peer fails
+        await pruning.sweep_all(running.context)
+        assert await rows(running) == {}
+        assert hosts_path.read_text(encoding="utf-8") == ""
+
+
+async def test_restart_persists_live_handshakes(
+    start_app: StartApp, fake_wg: FakeWireGuard, clock: FakeClock, make_config: StartApp
+) -> None:
+    # Interfaces outlive the process: the start-up sweep meets peers with handshakes.
+    config = make_config(prune_timeout="10m")
+    async with start_app(config) as running:
+        address, key = await register(running)
+    clock.advance(minutes=5)
+    handshake = int(clock.now.timestamp())
+    fake_wg.interfaces["wg_alpha"].handshakes[key] = handshake
+    async with start_app(config) as running:
+        moment = datetime.fromtimestamp(handshake, UTC)
+        assert await rows(running) == {key: (address, None, moment)}
+        assert peers(fake_wg) == {key: f"{address}/128"}
