@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv6Address
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
 from command import CommandError
 from config import Config, FleetConfig
-from database import Client, Database
+from database import CLIENTS, Database, UTCDateTime
 from errors import (
     Busy,
     FleetFull,
@@ -53,74 +53,44 @@ class Registration:
     created: bool
 
 
-def pick_address(session: Session, fleet: str, settings: FleetConfig) -> IPv6Address:
-    """An address of the fleet's subnet that no client holds; `PoolExhausted` if none."""
+def pick_addresses(
+    session: Session, fleet: str, settings: FleetConfig, count: int
+) -> list[IPv6Address]:
+    """`count` distinct addresses of the fleet's subnet that no client holds.
+
+    A small subnet is enumerated, so its last free address is still found; a large one
+    is sampled at random, checking all candidates in one query. Raises `PoolExhausted`
+    when fewer than `count` are free.
+    """
     subnet, server = settings.subnet, settings.ip6
-    in_fleet = select(Client.address).where(Client.fleet == fleet)
+    in_fleet = select(CLIENTS.c.address).where(CLIENTS.c.fleet == fleet)
     if subnet.num_addresses <= ENUMERATE_LIMIT:
         free = free_addresses(subnet, server, session.scalars(in_fleet))
-        if free:
-            return free[secrets.randbelow(len(free))]
+        if len(free) >= count:
+            return [free.pop(secrets.randbelow(len(free))) for _ in range(count)]
     else:
         for _ in range(SAMPLE_ROUNDS):
-            candidates = random_candidates(subnet, server, SAMPLE_SIZE)
-            taken = set(session.scalars(in_fleet.where(Client.address.in_(map(str, candidates)))))
-            for candidate in candidates:
-                if str(candidate) not in taken:
-                    return candidate
+            candidates = random_candidates(subnet, server, 2 * count + SAMPLE_SIZE)
+            wanted = [str(candidate) for candidate in candidates]
+            taken = set(session.scalars(in_fleet.where(CLIENTS.c.address.in_(wanted))))
+            free = [c for c, text in zip(candidates, wanted, strict=True) if text not in taken]
+            if len(free) >= count:
+                return free[:count]
     raise PoolExhausted(f"Fleet {fleet} has no free address left in {subnet}.")
 
 
-Outcome = tuple[Client, bool] | WgFleetError
+Outcome = tuple[IPv6Address, bool] | WgFleetError
 
 
 @dataclass
 class _Request:
     public_key: str
     source_ip: str
-    outcome: asyncio.Future[tuple[Client, bool]]
+    outcome: asyncio.Future[tuple[IPv6Address, bool]]
 
 
 def count_clients(session: Session, fleet: str) -> int:
-    return session.scalar(select(func.count(Client.id)).where(Client.fleet == fleet)) or 0
-
-
-def store_one(
-    session: Session,
-    fleet: str,
-    settings: FleetConfig,
-    request: _Request,
-    now: datetime,
-    room: int,
-) -> tuple[Client, bool]:
-    """Add the client's row, or refresh the row that has its key; flushed, not committed."""
-    existing = session.scalar(select(Client).where(Client.public_key == request.public_key))
-    if existing is not None:
-        if existing.fleet != fleet:
-            raise KeyInOtherFleet(
-                f"This public key is already registered in fleet {existing.fleet!r}."
-            )
-        existing.last_seen = max(existing.last_seen, now)
-        existing.last_active = max(existing.last_active, now)
-        existing.source_ip = request.source_ip
-        return existing, False
-    if room <= 0:
-        raise FleetFull(
-            f"Fleet {fleet} has reached its limit of {settings.max_clients} clients "
-            "(max_clients); try again once inactive clients are pruned."
-        )
-    row = Client(
-        fleet=fleet,
-        address=str(pick_address(session, fleet, settings)),
-        public_key=request.public_key,
-        source_ip=request.source_ip,
-        registered_at=now,
-        last_seen=now,
-        last_active=now,
-    )
-    session.add(row)
-    session.flush()
-    return row, True
+    return session.scalar(select(func.count()).where(CLIENTS.c.fleet == fleet)) or 0
 
 
 def store_batch(
@@ -128,46 +98,98 @@ def store_batch(
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
-    Should another writer sharing the database collide with it (a UNIQUE violation),
-    the batch is redone one request at a time, each retried on collision.
+    A key already registered in this fleet keeps its address and has its activity and
+    source IP refreshed; one registered in another fleet is refused. Set-based: a
+    handful of statements per batch, not per client. Should another writer sharing the
+    database collide with it (a UNIQUE violation), the batch is retried whole.
     """
-    try:
-        room = settings.max_clients - count_clients(session, fleet)
-        outcomes: list[Outcome] = []
-        for request in batch:
-            try:
-                outcome = store_one(session, fleet, settings, request, now, room)
-            except WgFleetError as error:
-                outcomes.append(error)
-                continue
-            room -= outcome[1]
-            outcomes.append(outcome)
-        session.commit()
-        return outcomes
-    except IntegrityError:
-        session.rollback()
-    return [store_alone(session, fleet, settings, request, now) for request in batch]
-
-
-def store_alone(
-    session: Session, fleet: str, settings: FleetConfig, request: _Request, now: datetime
-) -> Outcome:
     for _ in range(INSERT_ATTEMPTS):
         try:
-            room = settings.max_clients - count_clients(session, fleet)
-            outcome = store_one(session, fleet, settings, request, now, room)
+            outcomes = _store_batch(session, fleet, settings, batch, now)
             session.commit()
-            return outcome
+            return outcomes
         except IntegrityError:
-            session.rollback()  # another writer took the address or the key first
-        except WgFleetError as error:
-            session.rollback()
-            return error
-    return Busy("Registration kept colliding with other registrations; try again.")
+            session.rollback()  # another writer took an address or a key first
+    return [Busy("Registration kept colliding with other registrations; try again.")] * len(batch)
 
 
-def delete_rows(session: Session, ids: list[int]) -> None:
-    session.execute(delete(Client).where(Client.id.in_(ids)))
+def _store_batch(
+    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+) -> list[Outcome]:
+    keys = list({request.public_key: None for request in batch})
+    known = {
+        key: (key_fleet, address)
+        for key, key_fleet, address in session.execute(
+            select(CLIENTS.c.public_key, CLIENTS.c.fleet, CLIENTS.c.address).where(
+                CLIENTS.c.public_key.in_(keys)
+            )
+        )
+    }
+    new_keys = [key for key in keys if key not in known]
+    room = settings.max_clients - count_clients(session, fleet)
+    admitted, refused = new_keys[: max(room, 0)], set(new_keys[max(room, 0) :])
+    addresses = pick_addresses(session, fleet, settings, len(admitted)) if admitted else []
+    source_of = {request.public_key: request.source_ip for request in batch}
+    if admitted:
+        session.execute(
+            insert(CLIENTS),
+            [
+                {
+                    "fleet": fleet,
+                    "address": str(address),
+                    "public_key": key,
+                    "source_ip": source_of[key],
+                    "registered_at": now,
+                    "last_seen": now,
+                    "last_active": now,
+                }
+                for key, address in zip(admitted, addresses, strict=True)
+            ],
+        )
+    refreshed = [key for key in keys if key in known and known[key][0] == fleet]
+    if refreshed:
+        moment = bindparam("moment", type_=UTCDateTime())
+        session.execute(
+            update(CLIENTS)
+            .where(CLIENTS.c.public_key == bindparam("key"))
+            .values(
+                source_ip=bindparam("source"),
+                last_seen=case((CLIENTS.c.last_seen < moment, moment), else_=CLIENTS.c.last_seen),
+                last_active=case(
+                    (CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active
+                ),
+            ),
+            [{"key": key, "source": source_of[key], "moment": now} for key in refreshed],
+        )
+    created = dict(zip(admitted, addresses, strict=True))
+    outcomes: list[Outcome] = []
+    answered: set[str] = set()
+    for request in batch:
+        key = request.public_key
+        first = key not in answered
+        answered.add(key)
+        if key in refused:
+            outcomes.append(
+                FleetFull(
+                    f"Fleet {fleet} has reached its limit of {settings.max_clients} clients "
+                    "(max_clients); try again once inactive clients are pruned."
+                )
+            )
+        elif key in created:
+            outcomes.append((created[key], first))  # a repeat in the batch is not new
+        elif known[key][0] != fleet:
+            outcomes.append(
+                KeyInOtherFleet(
+                    f"This public key is already registered in fleet {known[key][0]!r}."
+                )
+            )
+        else:
+            outcomes.append((IPv6Address(known[key][1]), False))
+    return outcomes
+
+
+def delete_keys(session: Session, keys: list[str]) -> None:
+    session.execute(delete(CLIENTS).where(CLIENTS.c.public_key.in_(keys)))
     session.commit()
 
 
@@ -221,17 +243,17 @@ class Registry:
         self._queues.setdefault(fleet, []).append(request)
         if fleet not in self._workers:
             self._workers[fleet] = asyncio.create_task(self._drain(fleet))
-        row, created = await request.outcome
+        address, created = await request.outcome
         self._metrics.registrations.labels(fleet=fleet).inc()
         if created:
-            logger.info("registered %s in fleet %s from %s", row.address, fleet, source_ip)
+            logger.info("registered %s in fleet %s from %s", address, fleet, source_ip)
         config = render_client_config(
             private_key=keys.private_key if keys else None,
-            address=IPv6Address(row.address),
+            address=address,
             server_public_key=self._server_keys[fleet],
             fleet=settings,
         )
-        return Registration(IPv6Address(row.address), key, config, created)
+        return Registration(address, key, config, created)
 
     async def _drain(self, fleet: str) -> None:
         queue = self._queues[fleet]
@@ -264,16 +286,20 @@ class Registry:
                 lambda session: store_batch(session, fleet, settings, batch, now)
             )
             peers = [
-                (request.public_key, IPv6Address(outcome[0].address))
+                (request.public_key, outcome[0])
                 for request, outcome in zip(batch, outcomes, strict=True)
                 if not isinstance(outcome, WgFleetError)
             ]
             try:
                 await self._wireguard.add_peers(fleet, peers)
             except CommandError as error:
-                created = [o[0].id for o in outcomes if not isinstance(o, WgFleetError) and o[1]]
+                created = [
+                    request.public_key
+                    for request, outcome in zip(batch, outcomes, strict=True)
+                    if not isinstance(outcome, WgFleetError) and outcome[1]
+                ]
                 if created:
-                    await self._database.write(lambda session: delete_rows(session, created))
+                    await self._database.write(lambda session: delete_keys(session, created))
                 logger.error("registration in fleet %s failed: %s", fleet, error)
                 failure = WireGuardUnavailable(
                     "WireGuard could not add the peer; nothing was registered. Try again later."
