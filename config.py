@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -98,7 +99,18 @@ def _is_dns_name(value: str) -> bool:
     )
 
 
+def parse_networks(value: object) -> tuple[IPNetwork, ...]:
+    """A YAML list of addresses or CIDRs (a bare address is its /32 or /128)."""
+    if not isinstance(value, list | tuple):
+        raise ValueError("must be a list of IP addresses or CIDRs")
+    try:
+        return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+    except ValueError as error:
+        raise ValueError(f"contains an invalid network ({error})") from None
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)]
 
 
 class _Frozen(BaseModel):
@@ -110,15 +122,38 @@ class ListenConfig(_Frozen):
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, strict=True)
 
 
+class AdminConfig(_Frozen):
+    """HTTP Basic credentials for the dashboard, the JSON API, /metrics and /docs."""
+
+    username: str = Field(min_length=1)
+    password_hash: SecretStr
+
+    @field_validator("password_hash")
+    @classmethod
+    def _is_argon2_hash(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("$argon2"):
+            raise ValueError("must be an argon2 hash printed by `python3 main.py hash-password`")
+        return value
+
+
+class RateLimit(_Frozen):
+    """At most `requests` registrations per source address within any `per`."""
+
+    requests: int = Field(ge=1, strict=True)
+    per: Duration
+
+
 class FleetConfig(_Frozen):
     ip6: ipaddress.IPv6Address
     subnet: ipaddress.IPv6Network
     external_ip: str
     port: int = Field(ge=1, le=65535, strict=True)
     persistent_keepalive: int = Field(default=25, ge=0, le=65535, strict=True)
-    allowed_ips: tuple[IPNetwork, ...] = ()
+    allowed_ips: Networks = ()
     # wireguard-go holds at most 65,536 peers on one interface.
     max_clients: int = Field(default=60000, ge=1, le=65536, strict=True)
+    registration_token: SecretStr | None = Field(default=None, min_length=16)
+    register_from: Networks = ()
 
     @field_validator("ip6", mode="before")
     @classmethod
@@ -149,16 +184,6 @@ class FleetConfig(_Frozen):
         if not _is_dns_name(value):
             raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
         return value.lower().rstrip(".")
-
-    @field_validator("allowed_ips", mode="before")
-    @classmethod
-    def _parse_allowed_ips(cls, value: object) -> object:
-        if not isinstance(value, list | tuple):
-            raise ValueError("must be a list of networks such as fd00::1/128")
-        try:
-            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
-        except ValueError as error:
-            raise ValueError(f"contains an invalid network ({error})") from None
 
     @model_validator(mode="after")
     def _ip6_inside_subnet(self) -> FleetConfig:
@@ -194,9 +219,11 @@ class Config(_Frozen):
     hosts_file: Path = DEFAULT_HOSTS_FILE
     wireguard_dir: Path = DEFAULT_WIREGUARD_DIR
     listen: ListenConfig = ListenConfig()
-    trusted_proxies: tuple[IPNetwork, ...] = ()
+    trusted_proxies: Networks = ()
     hostname_separator: str = ""
     fleets: dict[str, FleetConfig] = Field(min_length=1)
+    admin: AdminConfig | None = None
+    register_rate_limit: RateLimit | None = None
 
     @field_validator("domain")
     @classmethod
@@ -204,16 +231,6 @@ class Config(_Frozen):
         if not _is_dns_name(value):
             raise ValueError(f"{value!r} is not a DNS domain name")
         return value.lower().rstrip(".")
-
-    @field_validator("trusted_proxies", mode="before")
-    @classmethod
-    def _parse_trusted_proxies(cls, value: object) -> object:
-        if not isinstance(value, list | tuple):
-            raise ValueError("must be a list of IP addresses or CIDRs")
-        try:
-            return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
-        except ValueError as error:
-            raise ValueError(f"contains an invalid address ({error})") from None
 
     @field_validator("hostname_separator")
     @classmethod

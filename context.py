@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from access import RateLimiter
 from activity import ActivityBuffer
 from command import Runner
 from config import Config
@@ -34,6 +35,7 @@ class AppContext:
     server_keys: dict[str, str]
     started_at: datetime
     metrics: Metrics
+    limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     registry: Registry = field(init=False)
     hosts: HostsFile = field(init=False)

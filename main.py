@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import shutil
 import signal
@@ -25,6 +26,15 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from starlette.types import ASGIApp
 
+from access import (
+    AdminAuth,
+    RateLimiter,
+    TooManyRequests,
+    Unauthorized,
+    hash_password,
+    is_loopback,
+    is_unprotected,
+)
 from admin import router as admin_router
 from command import CommandError, CommandRunner, ReportingRunner, Runner
 from config import Config, ConfigError, ListenConfig, load_config
@@ -103,6 +113,7 @@ def create_app(
             server_keys={},
             started_at=clock(),
             metrics=metrics,
+            limiter=RateLimiter(config.register_rate_limit) if config.register_rate_limit else None,
         )
         app.state.context = context
         try:
@@ -115,6 +126,13 @@ def create_app(
             context.activity.start()
             app.state.pruner = pruner
             logger.info("serving %d fleet(s)", len(config.fleets))
+            if is_unprotected(config) and not is_loopback(config.listen.host):
+                logger.warning(
+                    "no access control is configured and wg-fleet listens on %s: anyone "
+                    "who reaches it can register clients and read the dashboard "
+                    "(see the README's Security section)",
+                    config.listen.host,
+                )
             try:
                 yield
             finally:
@@ -134,6 +152,8 @@ def create_app(
     app.include_router(admin_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
+    if config.admin is not None:
+        app.add_middleware(AdminAuth, admin=config.admin)
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:
@@ -141,7 +161,14 @@ def create_app(
             return templates.TemplateResponse(
                 request, "error.html", {"error": error}, status_code=error.status_code
             )
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+        headers = {}
+        if isinstance(error, TooManyRequests):
+            headers["Retry-After"] = str(error.retry_after)
+        elif isinstance(error, Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="wg-fleet"'
+        return JSONResponse(
+            {"detail": error.detail}, status_code=error.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -277,8 +304,35 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
     raise SystemExit(0)
 
 
+def read_password() -> str:
+    """From a prompt on a terminal (asked twice), else the first line of standard input."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def print_password_hash() -> int:
+    """`main.py hash-password`: print only the argon2 hash for the config's `admin`."""
+    try:
+        password = read_password()
+    except ValueError as error:
+        print(f"hash-password: {error}.", file=sys.stderr)  # noqa: T201
+        return 2
+    if not password:
+        print("hash-password: the password is empty.", file=sys.stderr)  # noqa: T201
+        return 2
+    print(hash_password(password))  # noqa: T201 - the command's output
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    arguments = parse_arguments(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["hash-password"]:
+        return print_password_hash()
+    arguments = parse_arguments(argv)
     try:
         config = load_config(arguments.config, overrides_from(arguments))
     except ConfigError as error:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from access import check_registration
 from addresses import IPAddress, normalize_ip, resolve_client_ip
 from context import AppContext
 from errors import BadRequest, NotInFleet
@@ -79,8 +80,11 @@ class RegisterResponse(BaseModel):
     "/fleet/{fleet}/register",
     response_model=RegisterResponse,
     responses={
+        401: {"description": "The fleet's registration_token was not sent."},
+        403: {"description": "The source address is not in the fleet's register_from."},
         404: {"description": "Unknown fleet."},
         409: {"description": "The public key is registered in another fleet."},
+        429: {"description": "Too many registrations from this address (Retry-After)."},
         413: {"description": "The request body is larger than 16 KiB."},
         503: {"description": "No free address, or WireGuard failed; nothing was registered."},
     },
@@ -92,8 +96,11 @@ async def register(
     body: RegisterRequest | None = None,
 ) -> RegisterResponse:
     """Register a client: allocate an address, add the peer, return a wg-quick config."""
-    context.registry.fleet(fleet)
+    settings = context.registry.fleet(fleet)
     source, _ = caller_address(request, context)
+    check_registration(
+        settings, fleet, source, request.headers.get("authorization"), context.limiter
+    )
     registration = await context.registry.register(fleet, body.public_key if body else None, source)
     return RegisterResponse(
         config=registration.config,

@@ -338,7 +338,7 @@ def test_trusted_proxies_parsed_as_networks() -> None:
         ("10.0.0.1", "must be a list of IP addresses or CIDRs"),
         (
             ["10.0.0.1", "proxy.example.com"],
-            "contains an invalid address ('proxy.example.com' does not appear to be an "
+            "contains an invalid network ('proxy.example.com' does not appear to be an "
             "IPv4 or IPv6 network)",
         ),
     ],
