@@ -169,9 +169,11 @@ def render_peers(peers: Iterable[tuple[str, IPv6Address]]) -> str:
 class WireGuard:
     """The server side of every fleet's interface, driven through a command runner."""
 
-    def __init__(self, runner: Runner, wireguard_dir: Path) -> None:
+    def __init__(self, runner: Runner, wireguard_dir: Path, timeout: float = 30.0) -> None:
+        """`timeout` bounds quick commands; bulk ones and `wg-quick up` get four times it."""
         self._runner = runner
         self._dir = wireguard_dir
+        self.timeout = timeout
 
     def config_path(self, fleet: str) -> Path:
         return self._dir / f"{interface_name(fleet)}.conf"
@@ -198,7 +200,9 @@ class WireGuard:
     async def is_up(self, fleet: str) -> bool:
         """Whether the fleet's interface exists and is administratively up."""
         result = await self._runner.run(
-            ["ip", "-o", "link", "show", "dev", interface_name(fleet)], check=False
+            ["ip", "-o", "link", "show", "dev", interface_name(fleet)],
+            check=False,
+            timeout=self.timeout,
         )
         flags = result.stdout.partition("<")[2].partition(">")[0].split(",")
         return result.returncode == 0 and "UP" in flags
@@ -210,16 +214,24 @@ class WireGuard:
         that daemon must outlive this process and its process group.
         """
         interface = interface_name(fleet)
-        exists = await self._runner.run(["ip", "link", "show", "dev", interface], check=False)
+        exists = await self._runner.run(
+            ["ip", "link", "show", "dev", interface], check=False, timeout=self.timeout
+        )
         if exists.returncode == 0:
-            await self._runner.run(["ip", "link", "set", "up", "dev", interface])
+            await self._runner.run(
+                ["ip", "link", "set", "up", "dev", interface], timeout=self.timeout
+            )
             return
         await self._runner.run(
-            ["wg-quick", "up", str(self.config_path(fleet))], new_session=True, timeout=60
+            ["wg-quick", "up", str(self.config_path(fleet))],
+            new_session=True,
+            timeout=4 * self.timeout,
         )
 
     async def dump(self, fleet: str) -> InterfaceDump:
-        result = await self._runner.run(["wg", "show", interface_name(fleet), "dump"])
+        result = await self._runner.run(
+            ["wg", "show", interface_name(fleet), "dump"], timeout=self.timeout
+        )
         return parse_dump(result.stdout)
 
     async def add_peers(self, fleet: str, peers: Sequence[tuple[str, IPv6Address]]) -> None:
@@ -227,7 +239,7 @@ class WireGuard:
             await self._runner.run(
                 ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
                 stdin=render_peers(peers),
-                timeout=120,
+                timeout=4 * self.timeout,
             )
 
     async def remove_peers(self, fleet: str, public_keys: Sequence[str]) -> None:
@@ -235,7 +247,7 @@ class WireGuard:
             argv = ["wg", "set", interface_name(fleet)]
             for key in public_keys[start : start + REMOVE_CHUNK]:
                 argv += ["peer", key, "remove"]
-            await self._runner.run(argv, timeout=120)
+            await self._runner.run(argv, timeout=4 * self.timeout)
 
 
 def render_client_config(
