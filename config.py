@@ -224,6 +224,8 @@ class Config(_Frozen):
     fleets: dict[str, FleetConfig] = Field(min_length=1)
     admin: AdminConfig | None = None
     register_rate_limit: RateLimit | None = None
+    prometheus_targets_file: Path | None = None
+    prometheus_target_port: int = Field(default=9100, ge=1, le=65535, strict=True)
 
     @field_validator("domain")
     @classmethod

@@ -11,7 +11,7 @@ from activity import ActivityBuffer
 from command import Runner
 from config import Config
 from database import Database
-from hosts import HostsFile
+from hosts import Publisher
 from metrics import Metrics
 from pings import Pinger
 from registry import Clock, Registry
@@ -38,7 +38,7 @@ class AppContext:
     limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     registry: Registry = field(init=False)
-    hosts: HostsFile = field(init=False)
+    publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
     activity: ActivityBuffer = field(init=False)
     pinger: Pinger = field(init=False)
@@ -48,8 +48,13 @@ class AppContext:
             self.fleet_locks.setdefault(name, asyncio.Lock())
         self.status = StatusCache(self.wireguard)
         self.metrics.start_fleets(list(self.config.fleets))
-        self.hosts = HostsFile(
-            self.config.hosts_file, self.database, self.config.fleets, self.config.domain
+        self.publisher = Publisher(
+            self.config.hosts_file,
+            self.database,
+            self.config.fleets,
+            self.config.domain,
+            self.config.prometheus_targets_file,
+            self.config.prometheus_target_port,
         )
         self.registry = Registry(
             self.config,
@@ -59,8 +64,9 @@ class AppContext:
             self.clock,
             self.fleet_locks,
             self.metrics,
+            self.publisher,
         )
         self.activity = ActivityBuffer(self.database)
         self.pinger = Pinger(
-            self.config, self.database, self.activity, self.hosts, self.metrics, self.clock
+            self.config, self.database, self.activity, self.publisher, self.metrics, self.clock
         )

@@ -1,10 +1,14 @@
-"""The hosts file: `<address> <hostname>.<fleet>.<domain>` for every named client."""
+"""Files that other programs read about the clients: the hosts file
+(`<address> <hostname>.<fleet>.<domain>` per named client, for a DNS server) and the
+Prometheus file_sd targets file (every client)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Iterable
+from functools import partial
 from ipaddress import IPv6Address
 from pathlib import Path
 
@@ -16,45 +20,88 @@ from files import write_if_changed
 
 logger = logging.getLogger(__name__)
 
-HOSTS_MODE = 0o644
+PUBLISHED_MODE = 0o644
 
 
 def fqdn(hostname: str, fleet: str, domain: str) -> str:
     return f"{hostname}.{fleet}.{domain}"
 
 
-def render_hosts(entries: Iterable[tuple[str, str, str]], domain: str) -> str:
+def render_hosts(entries: Iterable[tuple[str, str, str | None]], domain: str) -> str:
     """Hosts-file text for (fleet, address, hostname) entries, sorted by address then name."""
     lines = sorted(
         (IPv6Address(address), fqdn(hostname, fleet, domain))
         for fleet, address, hostname in entries
+        if hostname
     )
     return "".join(f"{address} {name}\n" for address, name in lines)
 
 
-def select_named(session: Session, fleets: Iterable[str]) -> list[tuple[str, str, str]]:
-    rows = session.execute(
-        select(Client.fleet, Client.address, Client.hostname).where(
-            Client.fleet.in_(list(fleets)), Client.hostname.is_not(None)
-        )
+def render_targets(entries: Iterable[tuple[str, str, str | None]], port: int) -> str:
+    """Prometheus file_sd JSON: one target `[address]:port` per client, labelled with its
+    fleet and (when named) hostname, sorted by address."""
+    groups = []
+    for fleet, address, hostname in sorted(entries, key=lambda e: IPv6Address(e[1])):
+        labels = {"fleet": fleet} | ({"hostname": hostname} if hostname else {})
+        groups.append({"targets": [f"[{address}]:{port}"], "labels": labels})
+    return json.dumps(groups, indent=1) + "\n"
+
+
+def select_clients(
+    session: Session, fleets: Iterable[str], named_only: bool
+) -> list[tuple[str, str, str | None]]:
+    query = select(Client.fleet, Client.address, Client.hostname).where(
+        Client.fleet.in_(list(fleets))
     )
-    return [(fleet, address, hostname or "") for fleet, address, hostname in rows]
+    if named_only:
+        query = query.where(Client.hostname.is_not(None))
+    return [(fleet, address, hostname) for fleet, address, hostname in session.execute(query)]
 
 
-class HostsFile:
-    """Rewrites the hosts file from the database; concurrent refreshes coalesce into one."""
+class Publisher:
+    """Writes the hosts file and, when configured, the Prometheus targets file.
 
-    def __init__(self, path: Path, database: Database, fleets: Iterable[str], domain: str) -> None:
+    Both are rewritten from the database, atomically and only when their content
+    changed. Concurrent refreshes coalesce: a call made while a write is under way
+    causes one more write after it, never one per call, and returns at once.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        database: Database,
+        fleets: Iterable[str],
+        domain: str,
+        targets: Path | None = None,
+        target_port: int = 9100,
+    ) -> None:
         self.path = path
         self._database = database
         self._fleets = list(fleets)
         self._domain = domain
+        self._targets = targets
+        self._target_port = target_port
         self._lock = asyncio.Lock()
         self._pending = False
+        self._soon: asyncio.TimerHandle | None = None
+
+    def refresh_soon(self, delay: float = 1.0) -> None:
+        """Refresh within `delay` seconds, once for any number of calls until then.
+
+        For registrations, which change only the targets file: a burst of them costs one
+        rewrite a second, not one per batch.
+        """
+        if self._targets is None or self._soon is not None:
+            return
+
+        def fire() -> None:
+            self._soon = None
+            task = asyncio.ensure_future(self.refresh())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+        self._soon = asyncio.get_running_loop().call_later(delay, fire)
 
     async def refresh(self) -> None:
-        """Write the file if its content changed. A call made while a write is under way
-        causes one more write after it, never one per call."""
         self._pending = True
         if self._lock.locked():
             return
@@ -62,14 +109,25 @@ class HostsFile:
             while self._pending:
                 self._pending = False
                 entries = await self._database.read(
-                    lambda session: select_named(session, self._fleets)
+                    partial(select_clients, fleets=self._fleets, named_only=self._targets is None)
                 )
-                text = render_hosts(entries, self._domain)
-                try:
-                    written = await asyncio.to_thread(write_if_changed, self.path, text, HOSTS_MODE)
-                except OSError as error:
-                    # The next refresh (at the latest the next pruning pass) tries again.
-                    logger.error("cannot write %s: %s", self.path, error)
-                    continue
-                if written:
-                    logger.info("wrote %s with %d name(s)", self.path, len(entries))
+                # Rendering and writing tens of thousands of lines stays off the loop.
+                await asyncio.to_thread(self._write_all, entries)
+
+    def _write_all(self, entries: list[tuple[str, str, str | None]]) -> None:
+        named = sum(1 for *_, hostname in entries if hostname)
+        self._write(self.path, render_hosts(entries, self._domain), f"{named} name(s)")
+        if self._targets is not None:
+            text = render_targets(entries, self._target_port)
+            self._write(self._targets, text, f"{len(entries)} target(s)")
+
+    @staticmethod
+    def _write(path: Path, text: str, what: str) -> None:
+        try:
+            written = write_if_changed(path, text, PUBLISHED_MODE)
+        except OSError as error:
+            # The next refresh (at the latest the next pruning pass) tries again.
+            logger.error("cannot write %s: %s", path, error)
+            return
+        if written:
+            logger.info("wrote %s with %s", path, what)

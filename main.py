@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import getpass
 import logging
 import shutil
@@ -125,6 +127,7 @@ def create_app(
             pruner.start()
             context.activity.start()
             app.state.pruner = pruner
+            reload_on_hangup(pruner)
             logger.info("serving %d fleet(s)", len(config.fleets))
             if is_unprotected(config) and not is_loopback(config.listen.host):
                 logger.warning(
@@ -136,6 +139,7 @@ def create_app(
             try:
                 yield
             finally:
+                stop_reloading_on_hangup()
                 await pruner.stop()
                 await context.activity.stop()
         finally:
@@ -175,6 +179,23 @@ def create_app(
         return JSONResponse({"detail": describe_validation(error)}, status_code=422)
 
     return app
+
+
+def reload_on_hangup(pruner: Pruner) -> None:
+    """SIGHUP (systemd's `reload`) runs a reconcile pass and rewrites the published files
+    at once. The configuration itself is read only at start-up."""
+
+    def hangup() -> None:
+        logger.info("SIGHUP: reconciling every fleet now")
+        pruner.wake()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hangup)
+
+
+def stop_reloading_on_hangup() -> None:
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
 
 
 def make_templates() -> Jinja2Templates:

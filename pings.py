@@ -20,7 +20,7 @@ from config import Config
 from database import Client, Database
 from errors import Busy, ClientNotFound, FleetNotFound
 from hostnames import choose_hostname, search_prefix
-from hosts import HostsFile, fqdn
+from hosts import Publisher, fqdn
 from listing import prefix_range
 from metrics import Metrics
 from registry import Clock
@@ -71,14 +71,14 @@ class Pinger:
         config: Config,
         database: Database,
         activity: ActivityBuffer,
-        hosts: HostsFile,
+        publisher: Publisher,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
         self._config = config
         self._database = database
         self._activity = activity
-        self._hosts = hosts
+        self._publisher = publisher
         self._metrics = metrics
         self._clock = clock
 
@@ -145,7 +145,7 @@ class Pinger:
         assigned, renamed = await self._database.write(rename)
         if renamed:
             logger.info("fleet %s: %s is now called %s", fleet, address, assigned)
-            await self._hosts.refresh()
+            await self._publisher.refresh()
         return self._answer(fleet, assigned)
 
     def _answer(self, fleet: str, hostname: str | None) -> PingResult:

@@ -212,7 +212,7 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
             if at_startup:
                 raise
             logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
-    await context.hosts.refresh()
+    await context.publisher.refresh()
     context.metrics.prune_duration.observe(time.monotonic() - started)
     return reports
 

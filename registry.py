@@ -32,6 +32,7 @@ from errors import (
     WgFleetError,
     WireGuardUnavailable,
 )
+from hosts import Publisher
 from metrics import Metrics
 from wireguard import WireGuard, generate_keypair, render_client_config
 
@@ -211,7 +212,9 @@ class Registry:
         clock: Clock,
         fleet_locks: dict[str, asyncio.Lock],
         metrics: Metrics,
+        publisher: Publisher,
     ) -> None:
+        self._publisher = publisher
         self._config = config
         self._database = database
         self._wireguard = wireguard
@@ -305,4 +308,6 @@ class Registry:
                     "WireGuard could not add the peer; nothing was registered. Try again later."
                 )
                 return [o if isinstance(o, WgFleetError) else failure for o in outcomes]
+        if any(not isinstance(outcome, WgFleetError) and outcome[1] for outcome in outcomes):
+            self._publisher.refresh_soon()  # new clients are new Prometheus targets
         return outcomes

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
 from database import Client, Database
-from hosts import HostsFile, fqdn, render_hosts
+from hosts import Publisher, fqdn, render_hosts
 
 T = TypeVar("T")
 
@@ -60,8 +60,8 @@ async def execute(database: Database, statement: Executable) -> None:
     await database.write(job)
 
 
-def hosts_file(path: Path, database: Database) -> HostsFile:
-    return HostsFile(path, database, ["alpha", "beta"], "fleet.test")
+def hosts_file(path: Path, database: Database) -> Publisher:
+    return Publisher(path, database, ["alpha", "beta"], "fleet.test")
 
 
 # --- render_hosts ------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def test_render_writes_canonical_addresses() -> None:
     assert render_hosts([("alpha", "FD00:1:0::0:5", "x")], "d.test") == "fd00:1::5 x.alpha.d.test\n"
 
 
-# --- HostsFile ---------------------------------------------------------------------------
+# --- Publisher ---------------------------------------------------------------------------
 
 
 async def test_writes_configured_fleets_with_mode_0644(tmp_path: Path, database: Database) -> None:
@@ -181,7 +181,7 @@ async def test_refreshes_during_a_write_coalesce_into_one_more(
     await insert(database, client("alpha", "fd00:1::2", "old", 1))
     gated = GatedDatabase(database)
     path = tmp_path / "hosts"
-    hosts = HostsFile(path, gated, ["alpha"], "fleet.test")  # type: ignore[arg-type]
+    hosts = Publisher(path, gated, ["alpha"], "fleet.test")  # type: ignore[arg-type]
     caplog.set_level(logging.INFO, logger="hosts")
 
     first = asyncio.create_task(hosts.refresh())
