@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -111,7 +112,7 @@ def create_app(
             runner=observed,
             clock=clock,
             database=database,
-            wireguard=WireGuard(observed, config.wireguard_dir),
+            wireguard=WireGuard(observed, config.wireguard_dir, own_scope=under_systemd()),
             server_keys={},
             started_at=clock(),
             metrics=metrics,
@@ -196,6 +197,11 @@ def reload_on_hangup(pruner: Pruner) -> None:
 def stop_reloading_on_hangup() -> None:
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
+
+def under_systemd() -> bool:
+    """Whether systemd started this process and can give wg-quick a scope of its own."""
+    return bool(os.environ.get("INVOCATION_ID")) and shutil.which("systemd-run") is not None
 
 
 def make_templates() -> Jinja2Templates:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import logging
 import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from command import Runner
+from command import CommandError, Runner
 from config import FleetConfig
 from files import write_if_changed
 
@@ -169,11 +170,23 @@ def render_peers(peers: Iterable[tuple[str, IPv6Address]]) -> str:
 class WireGuard:
     """The server side of every fleet's interface, driven through a command runner."""
 
-    def __init__(self, runner: Runner, wireguard_dir: Path, timeout: float = 30.0) -> None:
-        """`timeout` bounds quick commands; bulk ones and `wg-quick up` get four times it."""
+    def __init__(
+        self,
+        runner: Runner,
+        wireguard_dir: Path,
+        timeout: float = 30.0,
+        own_scope: bool = False,
+    ) -> None:
+        """`timeout` bounds quick commands; bulk ones and `wg-quick up` get four times it.
+
+        With `own_scope` (under systemd), `wg-quick up` runs in a transient scope unit,
+        so that a wireguard-go it starts lives outside the service's cgroup and survives
+        the service being stopped or restarted.
+        """
         self._runner = runner
         self._dir = wireguard_dir
         self.timeout = timeout
+        self._own_scope = own_scope
 
     def config_path(self, fleet: str) -> Path:
         return self._dir / f"{interface_name(fleet)}.conf"
@@ -222,11 +235,26 @@ class WireGuard:
                 ["ip", "link", "set", "up", "dev", interface], timeout=self.timeout
             )
             return
-        await self._runner.run(
-            ["wg-quick", "up", str(self.config_path(fleet))],
-            new_session=True,
-            timeout=4 * self.timeout,
-        )
+        up = ["wg-quick", "up", str(self.config_path(fleet))]
+        if self._own_scope:
+            scope = f"--unit=wg-fleet-{interface}-{time.time_ns()}"
+            try:
+                await self._runner.run(
+                    ["systemd-run", "--scope", "--quiet", "--collect", scope, "--", *up],
+                    new_session=True,
+                    timeout=4 * self.timeout,
+                )
+                return
+            except CommandError as error:
+                if await self.is_up(fleet):
+                    raise
+                logger.warning(
+                    "could not give %s a scope of its own (%s); a wireguard-go serving it "
+                    "would stop with this service",
+                    interface,
+                    error,
+                )
+        await self._runner.run(up, new_session=True, timeout=4 * self.timeout)
 
     async def dump(self, fleet: str) -> InterfaceDump:
         result = await self._runner.run(

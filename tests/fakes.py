@@ -76,6 +76,9 @@ class FakeWireGuard:
             case ("ip", "link", "set", "up", "dev", name):
                 self.interfaces[name].up = True
                 return 0, "", ""
+            case ("systemd-run", *_, "--", "wg-quick", "up", path):
+                self.interfaces[Path(path).stem] = FakeInterface()
+                return 0, "", ""
             case ("wg-quick", "up", path):
                 self.interfaces[Path(path).stem] = FakeInterface()
                 return 0, "", ""
