@@ -159,4 +159,8 @@ def test_silent_clients_are_pruned_while_pinging_clients_stay(lab: Lab) -> None:
         10,
         "the hosts file to drop the pruned client",
     )
+    status, page = server.api("GET", f"/fleet/{fleet}")
+    assert status == 200
+    assert alive_body["address"] in page
+    assert silent_body["address"] not in page  # gone from the dashboard too
     assert alive.can_ping(settings["ip6"], timeout=10)
