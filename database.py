@@ -30,6 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from migrations import upgrade
+
 T = TypeVar("T")
 
 
@@ -50,6 +52,12 @@ class UTCDateTime(TypeDecorator[datetime]):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+def text(length: int) -> String:
+    """A string column compared byte by byte on every backend (PostgreSQL's default
+    collations would order prefixes and base64 keys differently from SQLite)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -59,18 +67,19 @@ class Client(Base):
 
     __tablename__ = "clients"
     __table_args__ = (
+        UniqueConstraint("public_key", name="uq_clients_public_key"),
         UniqueConstraint("fleet", "address", name="uq_clients_fleet_address"),
         UniqueConstraint("fleet", "hostname", name="uq_clients_fleet_hostname"),
         Index("ix_clients_fleet_last_active", "fleet", "last_active"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    fleet: Mapped[str] = mapped_column(String(32))
-    address: Mapped[str] = mapped_column(String(39))
-    public_key: Mapped[str] = mapped_column(String(44), unique=True)
-    hostname: Mapped[str | None] = mapped_column(String(63))
-    requested_hostname: Mapped[str | None] = mapped_column(String(63))
-    source_ip: Mapped[str] = mapped_column(String(45))
+    fleet: Mapped[str] = mapped_column(text(32))
+    address: Mapped[str] = mapped_column(text(39))
+    public_key: Mapped[str] = mapped_column(text(44))
+    hostname: Mapped[str | None] = mapped_column(text(63))
+    requested_hostname: Mapped[str | None] = mapped_column(text(63))
+    source_ip: Mapped[str] = mapped_column(text(45))
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime())
     # Latest of registration and ping; handshakes are kept apart in last_handshake.
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -115,10 +124,11 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="db-write")
         self._readers = ThreadPoolExecutor(2, thread_name_prefix="db-read")
 
-    def create_schema(self) -> None:
-        old_umask = os.umask(0o077)  # the database file is created 0600
+    def migrate(self) -> None:
+        """Create or upgrade the schema (see `migrations.upgrade`)."""
+        old_umask = os.umask(0o077)  # a new database file is created 0600
         try:
-            Base.metadata.create_all(self.engine)
+            upgrade(self.engine)
         finally:
             os.umask(old_umask)
 

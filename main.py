@@ -67,7 +67,7 @@ class StartupError(Exception):
 async def start(context: AppContext) -> None:
     """Schema, server keys and configs, interfaces up, peers reconciled."""
     config = context.config
-    await context.database.write(lambda session: context.database.create_schema())
+    await context.database.write(lambda session: context.database.migrate())
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)

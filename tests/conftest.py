@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,21 +14,62 @@ from config import Config, parse_config
 from context import AppContext
 from main import create_app
 from tests.fakes import FakeClock, FakeWireGuard
+from tests.postgres import PostgresServer
+from tests.postgres import missing as postgres_missing
 
 FLEET = "alpha"
 FLEET_IP6 = "fd00:1::1"
 FLEET_SUBNET = "fd00:1::/64"
 
 
+REQUIRED = os.environ.get("WG_FLEET_REQUIRE_E2E") == "1"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Modules marked `both_backends` run every test on SQLite and on PostgreSQL."""
+    if metafunc.definition.get_closest_marker("both_backends") and (
+        "database" in metafunc.fixturenames
+    ):
+        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    problem = postgres_missing()
+    if problem:
+        if REQUIRED:
+            pytest.fail(f"WG_FLEET_REQUIRE_E2E=1 but {problem}")
+        pytest.skip(problem)
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def make_config(tmp_path: Path) -> Callable[..., Config]:
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where the test's database lives: a temp SQLite file, or a fresh PostgreSQL database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield str(tmp_path / "clients.db")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    try:
+        yield server.url(name)
+    finally:
+        server.drop_database(name)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, database: str) -> Callable[..., Config]:
     """A valid config with temp paths; keyword arguments replace top-level keys."""
 
     def build(**overrides: Any) -> Config:
         data: dict[str, Any] = {
             "domain": "fleet.test",
             "prune_timeout": "30m",
-            "database": str(tmp_path / "clients.db"),
+            "database": database,
             "hosts_file": str(tmp_path / "run" / "hosts"),
             "wireguard_dir": str(tmp_path / "wireguard"),
             "fleets": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,12 +18,33 @@ from database import Client, Database, database_url
 NOW = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 
 
+pytestmark = pytest.mark.both_backends
+
+# What wg-fleet 0.1 created (SQLAlchemy's create_all, before migrations existed).
+SCHEMA_0_1 = """
+CREATE TABLE clients (
+    id INTEGER NOT NULL, fleet VARCHAR(32) NOT NULL, address VARCHAR(39) NOT NULL,
+    public_key VARCHAR(44) NOT NULL, hostname VARCHAR(63), requested_hostname VARCHAR(63),
+    source_ip VARCHAR(45) NOT NULL, registered_at DATETIME NOT NULL,
+    last_seen DATETIME NOT NULL, last_handshake DATETIME, last_active DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    CONSTRAINT uq_clients_fleet_address UNIQUE (fleet, address),
+    CONSTRAINT uq_clients_fleet_hostname UNIQUE (fleet, hostname),
+    UNIQUE (public_key)
+);
+CREATE INDEX ix_clients_fleet_last_active ON clients (fleet, last_active);
+INSERT INTO clients VALUES (1, 'alpha', 'fd00:1::2', 'k', 'excavator', 'excavator',
+    '192.0.2.1', '2026-03-01 08:30:00.000000', '2026-03-01 08:30:00.000000', NULL,
+    '2026-03-01 08:30:00.000000');
+"""
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(str(tmp_path / "state" / "clients.db"))
-    database.create_schema()
-    yield database
-    database.close()
+def db(database: str) -> Iterator[Database]:
+    instance = Database(database)
+    instance.migrate()
+    yield instance
+    instance.close()
 
 
 def client(**fields: Any) -> Client:
@@ -44,12 +66,42 @@ def add(session: Session, *rows: Client) -> None:
     session.commit()
 
 
-def test_the_file_is_private_and_in_wal_mode(db: Database, tmp_path: Path) -> None:
+def test_the_file_is_private_and_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "state" / "clients.db"
-    assert path.stat().st_mode & 0o777 == 0o600
-    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    db = Database(str(path))
+    db.migrate()
+    try:
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+        with db.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+    finally:
+        db.close()
+
+
+def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "clients.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA_0_1)
+    db = Database(str(path))
+    db.migrate()
+    db.migrate()  # a second start finds nothing to do
+    try:
+        with db.engine.connect() as connection:
+            version = connection.execute(text("SELECT version_num FROM alembic_version"))
+            assert version.scalar_one() == "0001"
+            row = connection.execute(text("SELECT address, hostname FROM clients")).one()
+            assert tuple(row) == ("fd00:1::2", "excavator")
+            check = connection.execute(text("PRAGMA integrity_check")).scalar_one()
+            assert check == "ok"
+    finally:
+        db.close()
+
+
+def test_migrate_creates_the_schema_from_nothing(db: Database) -> None:
     with db.engine.connect() as connection:
-        assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        version = connection.execute(text("SELECT version_num FROM alembic_version"))
+        assert version.scalar_one() == "0001"
 
 
 async def test_times_come_back_as_aware_utc(db: Database) -> None:

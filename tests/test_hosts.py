@@ -39,7 +39,7 @@ def client(fleet: str, address: str, hostname: str | None, number: int) -> Clien
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
     db = Database(str(tmp_path / "clients.db"))
-    db.create_schema()
+    db.migrate()
     yield db
     db.close()
 

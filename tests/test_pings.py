@@ -6,12 +6,15 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 import pruning
 from database import Client
 from tests.conftest import FLEET, Running
 from tests.fakes import FakeClock
+
+pytestmark = pytest.mark.both_backends
 
 StartApp = Callable[..., Any]
 

@@ -152,7 +152,7 @@ def test_with_handshakes_takes_only_newer_handshakes() -> None:
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
     db = Database(str(tmp_path / "clients.db"))
-    db.create_schema()
+    db.migrate()
     yield db
     db.close()
 

@@ -95,7 +95,7 @@ def test_mixed_plan() -> None:
 @pytest.fixture
 def database(tmp_path: Path) -> Iterator[Database]:
     db = Database(str(tmp_path / "clients.db"))
-    db.create_schema()
+    db.migrate()
     yield db
     db.close()
 

@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from database import Client
 from tests.conftest import FLEET
 from tests.fakes import FakeWireGuard
+
+pytestmark = pytest.mark.both_backends
 
 StartApp = Callable[..., Any]
 

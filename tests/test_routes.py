@@ -7,12 +7,15 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from database import Client
 from tests.conftest import FLEET, FLEET_SUBNET, Running
 from tests.fakes import FakeWireGuard
 from wireguard import generate_keypair
+
+pytestmark = pytest.mark.both_backends
 
 StartApp = Callable[..., Any]
 
