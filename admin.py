@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from context import AppContext
 from database import Client
 from display import ClientView, FleetSummary, client_view
-from errors import BadRequest
+from errors import BadRequest, FleetNotFound
 from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
 from routes import ContextDep, TemplatesDep
-from status import count_online
+from status import ONLINE_WINDOW, count_online
 from wireguard import interface_name
 
 router = APIRouter()
@@ -28,30 +29,38 @@ MAX_PAGE = 1000
 REFRESH_SECONDS = 15
 
 
-def count_clients(session: Session) -> dict[str, tuple[int, int]]:
-    """Per fleet: (clients, clients with a hostname), in one query."""
+def count_clients(session: Session, online_since: datetime) -> dict[str, tuple[int, int, int]]:
+    """Per fleet: clients, clients with a hostname, and clients whose stored handshake is
+    newer than `online_since` — in one query."""
+    recent = case((Client.last_handshake >= online_since, 1))
     rows = session.execute(
-        select(Client.fleet, func.count(Client.id), func.count(Client.hostname)).group_by(
-            Client.fleet
-        )
+        select(
+            Client.fleet, func.count(Client.id), func.count(Client.hostname), func.count(recent)
+        ).group_by(Client.fleet)
     )
-    return {fleet: (total, named) for fleet, total, named in rows}
+    return {fleet: (total, named, online) for fleet, total, named, online in rows}
 
 
 async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
-    counts = await context.database.read(count_clients)
+    """Every configured fleet. Online counts come from the interface for this node's
+    fleets, and from the handshakes their own node stored for the others."""
     now = context.clock()
+    counts = await context.database.read(partial(count_clients, online_since=now - ONLINE_WINDOW))
     summaries = []
     for name, settings in context.config.fleets.items():
-        total, named = counts.get(name, (0, 0))
+        total, named, stored_online = counts.get(name, (0, 0, 0))
+        local = name in context.config.local_fleets
         summaries.append(
             FleetSummary(
                 name=name,
+                node=context.config.node_of(name),
                 interface=interface_name(name),
                 subnet=str(settings.subnet),
                 endpoint=settings.endpoint,
                 clients=total,
-                online=count_online(await context.status.dump(name), now),
+                online=count_online(await context.status.dump(name), now)
+                if local
+                else stored_online,
                 named=named,
             )
         )
@@ -61,7 +70,8 @@ async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
 async def client_page(
     context: AppContext, fleet: str, *, q: str, sort: Sort, limit: int, cursor: str | None
 ) -> tuple[Page, list[ClientView]]:
-    context.registry.fleet(fleet)
+    if fleet not in context.config.fleets:
+        raise FleetNotFound(fleet)
     try:
         position = Cursor.decode(cursor, sort) if cursor else None
     except InvalidCursor as error:
@@ -71,7 +81,7 @@ async def client_page(
             session, fleet, sort=sort, q=q.strip(), limit=limit, cursor=position
         )
     )
-    dump = await context.status.dump(fleet)
+    dump = await context.status.dump(fleet) if fleet in context.config.local_fleets else None
     now = context.clock()
     views = [
         client_view(
@@ -129,6 +139,7 @@ async def fleet_page(
 
 class FleetOut(BaseModel):
     name: str
+    node: str = Field(description="The wg-fleet node that runs the fleet.")
     interface: str
     subnet: str
     endpoint: str
@@ -209,7 +220,7 @@ async def health(context: ContextDep) -> JSONResponse:
         await context.database.read(lambda session: session.execute(text("SELECT 1")).scalar())
     except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
         problems.append(f"the database does not answer: {type(error).__name__}")
-    for fleet in context.config.fleets:
+    for fleet in context.config.local_fleets:
         try:
             up = await context.wireguard.is_up(fleet)
         except Exception:  # noqa: BLE001 - `ip` itself failing counts as down

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +36,7 @@ DEFAULT_PORT = 8000
 FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 FLEET_NAME_MAX = 12  # "wg_" + 12 characters fits Linux's 15-character interface names
 HOSTNAME_SEPARATOR = re.compile(r"[a-z0-9_-]{0,3}")
+NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 DURATION_PART = re.compile(r"(\d+)([dhms])")
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -59,6 +61,11 @@ class FieldProblem(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(problem)
         self.field = field
+
+
+def default_node() -> str:
+    """This machine's short host name, the default name of this node."""
+    return socket.gethostname().split(".")[0] or "localhost"
 
 
 def parse_duration(value: object) -> timedelta:
@@ -154,6 +161,7 @@ class FleetConfig(_Frozen):
     max_clients: int = Field(default=60000, ge=1, le=65536, strict=True)
     registration_token: SecretStr | None = Field(default=None, min_length=16)
     register_from: Networks = ()
+    node: str | None = Field(default=None, pattern=NODE_NAME.pattern)
 
     @field_validator("ip6", mode="before")
     @classmethod
@@ -226,6 +234,18 @@ class Config(_Frozen):
     register_rate_limit: RateLimit | None = None
     prometheus_targets_file: Path | None = None
     prometheus_target_port: int = Field(default=9100, ge=1, le=65535, strict=True)
+    node: str = Field(default_factory=default_node, pattern=NODE_NAME.pattern)
+
+    def node_of(self, fleet: str) -> str:
+        """The node that runs `fleet`: its `node`, or this node when it names none."""
+        return self.fleets[fleet].node or self.node
+
+    @property
+    def local_fleets(self) -> dict[str, FleetConfig]:
+        """The fleets this node runs: interfaces, registration, pings and pruning."""
+        return {
+            name: fleet for name, fleet in self.fleets.items() if self.node_of(name) == self.node
+        }
 
     @field_validator("domain")
     @classmethod

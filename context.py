@@ -44,7 +44,7 @@ class AppContext:
     pinger: Pinger = field(init=False)
 
     def __post_init__(self) -> None:
-        for name in self.config.fleets:
+        for name in self.config.local_fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
         self.status = StatusCache(self.wireguard)
         self.metrics.start_fleets(list(self.config.fleets))

@@ -17,6 +17,7 @@ AliveBecause = Literal["registration", "ping", "handshake", "grace"]
 @dataclass(frozen=True)
 class FleetSummary:
     name: str
+    node: str
     interface: str
     subnet: str
     endpoint: str

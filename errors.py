@@ -8,6 +8,7 @@ Error tree::
     ├── ClientNotFound         404  the caller's address belongs to no registered client
     ├── NotInFleet             403  a ping from outside the fleet's tunnel
     ├── KeyInOtherFleet        409  the public key is registered in another fleet
+    ├── ServedElsewhere        421  another wg-fleet node runs this fleet
     ├── PoolExhausted          503  no free address left in the fleet's subnet
     ├── FleetFull              503  the fleet has max_clients clients
     ├── WireGuardUnavailable   503  `wg` failed; nothing was changed
@@ -46,6 +47,13 @@ class NotInFleet(WgFleetError):
 
 class KeyInOtherFleet(WgFleetError):
     status_code = 409
+
+
+class ServedElsewhere(WgFleetError):
+    status_code = 421
+
+    def __init__(self, fleet: str, node: str) -> None:
+        super().__init__(f"Fleet {fleet} is run by the wg-fleet node {node!r}; ask that node.")
 
 
 class PoolExhausted(WgFleetError):

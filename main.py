@@ -71,7 +71,7 @@ async def start(context: AppContext) -> None:
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
-    for fleet, settings in config.fleets.items():
+    for fleet, settings in config.local_fleets.items():
         context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
         stray = await context.database.write(
             partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
@@ -105,7 +105,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(config.database)
-        metrics = Metrics()
+        metrics = Metrics(config.node_of)
         observed = ReportingRunner(runner or CommandRunner(), metrics.command_failed)
         context = AppContext(
             config=config,
@@ -129,7 +129,13 @@ def create_app(
             context.activity.start()
             app.state.pruner = pruner
             reload_on_hangup(pruner)
-            logger.info("serving %d fleet(s)", len(config.fleets))
+            remote = sorted(set(config.fleets) - set(config.local_fleets))
+            logger.info(
+                "node %s runs %d fleet(s)%s",
+                config.node,
+                len(config.local_fleets),
+                f"; shows {', '.join(remote)} run by other nodes" if remote else "",
+            )
             if is_unprotected(config) and not is_loopback(config.listen.host):
                 logger.warning(
                     "no access control is configured and wg-fleet listens on %s: anyone "

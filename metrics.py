@@ -1,30 +1,42 @@
-"""Prometheus metrics, one registry per app (no module-level globals), no per-client labels."""
+"""Prometheus metrics, one registry per app (no module-level globals), no per-client labels.
+
+Every per-fleet series also carries `node`, the wg-fleet node that runs the fleet.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, node_of: Callable[[str], str]) -> None:
+        self._node_of = node_of
         self.registry = CollectorRegistry(auto_describe=True)
         self.clients = Gauge(
-            "wg_fleet_clients", "Registered clients.", ["fleet"], registry=self.registry
+            "wg_fleet_clients", "Registered clients.", ["fleet", "node"], registry=self.registry
         )
         self.clients_online = Gauge(
             "wg_fleet_clients_online",
             "Clients whose last WireGuard handshake is under 3 minutes old.",
-            ["fleet"],
+            ["fleet", "node"],
             registry=self.registry,
         )
         self.registrations = Counter(
-            "wg_fleet_registrations", "Successful registrations.", ["fleet"], registry=self.registry
+            "wg_fleet_registrations",
+            "Successful registrations.",
+            ["fleet", "node"],
+            registry=self.registry,
         )
         self.pings = Counter(
-            "wg_fleet_pings", "Successful pings.", ["fleet"], registry=self.registry
+            "wg_fleet_pings", "Successful pings.", ["fleet", "node"], registry=self.registry
         )
         self.pruned = Counter(
-            "wg_fleet_pruned", "Clients removed for inactivity.", ["fleet"], registry=self.registry
+            "wg_fleet_pruned",
+            "Clients removed for inactivity.",
+            ["fleet", "node"],
+            registry=self.registry,
         )
         self.prune_duration = Histogram(
             "wg_fleet_prune_duration_seconds",
@@ -43,7 +55,16 @@ class Metrics:
         """Export every fleet's series from the start, at zero, so rates are defined."""
         for fleet in fleets:
             for metric in (self.registrations, self.pings, self.pruned):
-                metric.labels(fleet=fleet)
+                metric.labels(fleet=fleet, node=self._node_of(fleet))
+
+    def registered(self, fleet: str) -> None:
+        self.registrations.labels(fleet=fleet, node=self._node_of(fleet)).inc()
+
+    def pinged(self, fleet: str) -> None:
+        self.pings.labels(fleet=fleet, node=self._node_of(fleet)).inc()
+
+    def pruned_clients(self, fleet: str, count: int) -> None:
+        self.pruned.labels(fleet=fleet, node=self._node_of(fleet)).inc(count)
 
     def command_failed(self, command: str) -> None:
         self.command_failures.labels(command=command).inc()
@@ -51,7 +72,7 @@ class Metrics:
     def render(self, clients: dict[str, int], online: dict[str, int]) -> bytes:
         """The exposition text, with the gauges set to the counts just taken."""
         for fleet, count in clients.items():
-            self.clients.labels(fleet=fleet).set(count)
+            self.clients.labels(fleet=fleet, node=self._node_of(fleet)).set(count)
         for fleet, count in online.items():
-            self.clients_online.labels(fleet=fleet).set(count)
+            self.clients_online.labels(fleet=fleet, node=self._node_of(fleet)).set(count)
         return generate_latest(self.registry)

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from activity import ActivityBuffer, store_activity
 from config import Config
 from database import Client, Database
-from errors import Busy, ClientNotFound, FleetNotFound
+from errors import Busy, ClientNotFound
 from hostnames import choose_hostname, search_prefix
 from hosts import Publisher, fqdn
 from listing import prefix_range
 from metrics import Metrics
-from registry import Clock
+from registry import Clock, local_fleet
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,7 @@ class Pinger:
         Raises `FleetNotFound` or `ClientNotFound`. A changed name is committed before
         this returns.
         """
-        if fleet not in self._config.fleets:
-            raise FleetNotFound(fleet)
+        local_fleet(self._config, fleet)
         now = self._clock()
         separator = self._config.hostname_separator
 
@@ -149,7 +148,7 @@ class Pinger:
         return self._answer(fleet, assigned)
 
     def _answer(self, fleet: str, hostname: str | None) -> PingResult:
-        self._metrics.pings.labels(fleet=fleet).inc()
+        self._metrics.pinged(fleet)
         if hostname is None:
             return PingResult(None, None)
         return PingResult(hostname, fqdn(hostname, fleet, self._config.domain))

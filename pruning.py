@@ -176,7 +176,7 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
             await context.wireguard.remove_peers(fleet, plan.remove)
             await context.wireguard.add_peers(fleet, plan.add)
     pruned = [client for client in inactive if client.id in deleted]
-    context.metrics.pruned.labels(fleet=fleet).inc(len(pruned))
+    context.metrics.pruned_clients(fleet, len(pruned))
     if pruned:
         logger.info(
             "fleet %s: pruned %d inactive client(s): %s",
@@ -205,7 +205,7 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
     """
     reports = []
     started = time.monotonic()
-    for fleet in context.config.fleets:
+    for fleet in context.config.local_fleets:
         try:
             reports.append(await sweep_fleet(context, fleet, at_startup=at_startup))
         except Exception as error:

@@ -29,6 +29,7 @@ from errors import (
     FleetNotFound,
     KeyInOtherFleet,
     PoolExhausted,
+    ServedElsewhere,
     WgFleetError,
     WireGuardUnavailable,
 )
@@ -194,6 +195,15 @@ def delete_keys(session: Session, keys: list[str]) -> None:
     session.commit()
 
 
+def local_fleet(config: Config, name: str) -> FleetConfig:
+    """The settings of a fleet this node runs; `FleetNotFound` or `ServedElsewhere`."""
+    if name not in config.fleets:
+        raise FleetNotFound(name)
+    if config.node_of(name) != config.node:
+        raise ServedElsewhere(name, config.node_of(name))
+    return config.fleets[name]
+
+
 class Registry:
     """Registers clients into fleets; one instance per running app.
 
@@ -226,10 +236,8 @@ class Registry:
         self._workers: dict[str, asyncio.Task[None]] = {}
 
     def fleet(self, name: str) -> FleetConfig:
-        try:
-            return self._config.fleets[name]
-        except KeyError:
-            raise FleetNotFound(name) from None
+        """The settings of a fleet this node runs; `FleetNotFound` or `ServedElsewhere`."""
+        return local_fleet(self._config, name)
 
     async def register(
         self, fleet: str, public_key: str | None, source_ip: IPAddress
@@ -247,7 +255,7 @@ class Registry:
         if fleet not in self._workers:
             self._workers[fleet] = asyncio.create_task(self._drain(fleet))
         address, created = await request.outcome
-        self._metrics.registrations.labels(fleet=fleet).inc()
+        self._metrics.registered(fleet)
         if created:
             logger.info("registered %s in fleet %s from %s", address, fleet, source_ip)
         config = render_client_config(

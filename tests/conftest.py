@@ -28,9 +28,9 @@ REQUIRED = os.environ.get("WG_FLEET_REQUIRE_E2E") == "1"
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Modules marked `both_backends` run every test on SQLite and on PostgreSQL."""
     if metafunc.definition.get_closest_marker("both_backends") and (
-        "database" in metafunc.fixturenames
+        "database_url" in metafunc.fixturenames
     ):
-        metafunc.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +48,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """Where the test's database lives: a temp SQLite file, or a fresh PostgreSQL database."""
     if getattr(request, "param", "sqlite") == "sqlite":
         yield str(tmp_path / "clients.db")
@@ -62,14 +62,14 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def make_config(tmp_path: Path, database: str) -> Callable[..., Config]:
+def make_config(tmp_path: Path, database_url: str) -> Callable[..., Config]:
     """A valid config with temp paths; keyword arguments replace top-level keys."""
 
     def build(**overrides: Any) -> Config:
         data: dict[str, Any] = {
             "domain": "fleet.test",
             "prune_timeout": "30m",
-            "database": database,
+            "database": database_url,
             "hosts_file": str(tmp_path / "run" / "hosts"),
             "wireguard_dir": str(tmp_path / "wireguard"),
             "fleets": {

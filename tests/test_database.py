@@ -40,8 +40,8 @@ INSERT INTO clients VALUES (1, 'alpha', 'fd00:1::2', 'k', 'excavator', 'excavato
 
 
 @pytest.fixture
-def db(database: str) -> Iterator[Database]:
-    instance = Database(database)
+def db(database_url: str) -> Iterator[Database]:
+    instance = Database(database_url)
     instance.migrate()
     yield instance
     instance.close()
