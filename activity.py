@@ -25,20 +25,24 @@ logger = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0
 
 
-def store_activity(session: Session, pending: dict[int, datetime]) -> None:
-    """Advance `last_seen` and `last_active` of the given rows; never move them back."""
+def store_activity(session: Session, pending: dict[tuple[str, str], datetime]) -> None:
+    """Advance `last_seen` and `last_active` of the clients at the given (fleet, address);
+    never move them back."""
     if not pending:
         return
     moment = bindparam("moment", type_=UTCDateTime())
     session.execute(
         update(CLIENTS)
-        .where(CLIENTS.c.id == bindparam("row_id"))
+        .where(CLIENTS.c.fleet == bindparam("in_fleet"), CLIENTS.c.address == bindparam("at"))
         .values(
             last_seen=case((CLIENTS.c.last_seen < moment, moment), else_=CLIENTS.c.last_seen),
             last_active=case((CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active),
         )
         .execution_options(synchronize_session=False),
-        [{"row_id": row_id, "moment": moment_} for row_id, moment_ in pending.items()],
+        [
+            {"in_fleet": fleet, "at": address, "moment": moment_}
+            for (fleet, address), moment_ in pending.items()
+        ],
     )
 
 
@@ -46,7 +50,7 @@ class ActivityBuffer:
     def __init__(self, database: Database, interval: float = FLUSH_INTERVAL) -> None:
         self._database = database
         self._interval = interval
-        self._pending: dict[int, datetime] = {}
+        self._pending: dict[tuple[str, str], datetime] = {}
         self._direct: set[str] = set()
         self._sweeps: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
@@ -69,17 +73,17 @@ class ActivityBuffer:
         finally:
             self._direct.discard(fleet)
 
-    def note(self, row_id: int, moment: datetime) -> None:
-        current = self._pending.get(row_id)
+    def note(self, fleet: str, address: str, moment: datetime) -> None:
+        current = self._pending.get((fleet, address))
         if current is None or moment > current:
-            self._pending[row_id] = moment
+            self._pending[(fleet, address)] = moment
 
-    def restore(self, pending: dict[int, datetime]) -> None:
+    def restore(self, pending: dict[tuple[str, str], datetime]) -> None:
         """Put back what `take` returned when storing it failed."""
-        for row_id, moment in pending.items():
-            self.note(row_id, moment)
+        for (fleet, address), moment in pending.items():
+            self.note(fleet, address, moment)
 
-    def take(self) -> dict[int, datetime]:
+    def take(self) -> dict[tuple[str, str], datetime]:
         """Everything noted so far, for a writer job to store (see `store_activity`)."""
         pending, self._pending = self._pending, {}
         return pending
@@ -115,6 +119,6 @@ class ActivityBuffer:
                 logger.exception("could not store ping times; they are kept for the next try")
 
 
-def _store_and_commit(session: Session, pending: dict[int, datetime]) -> None:
+def _store_and_commit(session: Session, pending: dict[tuple[str, str], datetime]) -> None:
     store_activity(session, pending)
     session.commit()

@@ -15,6 +15,7 @@ from hosts import Publisher
 from metrics import Metrics
 from pings import Pinger
 from registry import Clock, Registry
+from roster import Roster
 from status import StatusCache
 from wireguard import WireGuard
 
@@ -41,6 +42,7 @@ class AppContext:
     publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
     activity: ActivityBuffer = field(init=False)
+    roster: Roster = field(default_factory=Roster)
     pinger: Pinger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,8 +67,15 @@ class AppContext:
             self.fleet_locks,
             self.metrics,
             self.publisher,
+            self.roster,
         )
         self.activity = ActivityBuffer(self.database)
         self.pinger = Pinger(
-            self.config, self.database, self.activity, self.publisher, self.metrics, self.clock
+            self.config,
+            self.database,
+            self.activity,
+            self.publisher,
+            self.roster,
+            self.metrics,
+            self.clock,
         )

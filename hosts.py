@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Iterable
 from functools import partial
-from ipaddress import IPv6Address
 from pathlib import Path
 
 from sqlalchemy import select
@@ -27,21 +27,28 @@ def fqdn(hostname: str, fleet: str, domain: str) -> str:
     return f"{hostname}.{fleet}.{domain}"
 
 
+def address_order(address: str) -> bytes:
+    """A sort key putting IPv6 addresses in numeric order (cheaper than IPv6Address)."""
+    return socket.inet_pton(socket.AF_INET6, address)
+
+
 def render_hosts(entries: Iterable[tuple[str, str, str | None]], domain: str) -> str:
-    """Hosts-file text for (fleet, address, hostname) entries, sorted by address then name."""
+    """Hosts-file text for (fleet, address, hostname) entries, sorted by address then name.
+
+    Addresses are written as stored, which is their canonical (compressed) form."""
     lines = sorted(
-        (IPv6Address(address), fqdn(hostname, fleet, domain))
+        (address_order(address), address, fqdn(hostname, fleet, domain))
         for fleet, address, hostname in entries
         if hostname
     )
-    return "".join(f"{address} {name}\n" for address, name in lines)
+    return "".join(f"{address} {name}\n" for _, address, name in lines)
 
 
 def render_targets(entries: Iterable[tuple[str, str, str | None]], port: int) -> str:
     """Prometheus file_sd JSON: one target `[address]:port` per client, labelled with its
     fleet and (when named) hostname, sorted by address."""
     groups = []
-    for fleet, address, hostname in sorted(entries, key=lambda e: IPv6Address(e[1])):
+    for fleet, address, hostname in sorted(entries, key=lambda e: address_order(e[1])):
         labels = {"fleet": fleet} | ({"hostname": hostname} if hostname else {})
         groups.append({"targets": [f"[{address}]:{port}"], "labels": labels})
     return json.dumps(groups, indent=1) + "\n"
@@ -84,6 +91,14 @@ class Publisher:
         self._lock = asyncio.Lock()
         self._pending = False
         self._soon: asyncio.TimerHandle | None = None
+        self._changed = True  # nothing written yet
+
+    def changed(self) -> None:
+        """Note that names or clients changed, for the next pass to publish."""
+        self._changed = True
+
+    def is_changed(self) -> bool:
+        return self._changed
 
     def refresh_soon(self, delay: float = 1.0) -> None:
         """Refresh within `delay` seconds, once for any number of calls until then.
@@ -108,6 +123,7 @@ class Publisher:
         async with self._lock:
             while self._pending:
                 self._pending = False
+                self._changed = False
                 entries = await self._database.read(
                     partial(select_clients, fleets=self._fleets, named_only=self._targets is None)
                 )

@@ -24,6 +24,7 @@ from hosts import Publisher, fqdn
 from listing import prefix_range
 from metrics import Metrics
 from registry import Clock, local_fleet
+from roster import Roster
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,14 @@ class Pinger:
         database: Database,
         activity: ActivityBuffer,
         publisher: Publisher,
+        roster: Roster,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
         self._config = config
         self._database = database
         self._activity = activity
+        self._roster = roster
         self._publisher = publisher
         self._metrics = metrics
         self._clock = clock
@@ -91,6 +94,15 @@ class Pinger:
         local_fleet(self._config, fleet)
         now = self._clock()
         separator = self._config.hostname_separator
+        at = str(address)
+
+        # The common case, answered from memory: a known client whose name stays as it is.
+        member = self._roster.find(fleet, at)
+        if member is not None and self._activity.mark(fleet) is not None:
+            current = member.hostname
+            if hostname is None or hostname == current == member.requested_hostname:
+                self._activity.note(fleet, at, now)
+                return self._answer(fleet, current)
 
         def unchanged(session: Session) -> tuple[int, str | None] | None:
             """The caller's row id and name when this ping changes no name, else None."""
@@ -109,11 +121,12 @@ class Pinger:
             )
             return (row_id, current) if keep == current else None
 
-        def rename(session: Session) -> tuple[str | None, bool]:
+        def rename(session: Session) -> tuple[str | None, str | None, bool]:
             for _ in range(NAME_ATTEMPTS):
                 row_id, current, requested = select_caller(session, fleet, address)
                 assigned = current
                 if hostname is not None:
+                    requested_now: str | None = hostname
                     assigned = choose_hostname(
                         hostname,
                         current=current,
@@ -123,13 +136,15 @@ class Pinger:
                     )
                     client = session.get_one(Client, row_id)
                     client.hostname, client.requested_hostname = assigned, hostname
-                store_activity(session, {row_id: now})
+                else:
+                    requested_now = requested
+                store_activity(session, {(fleet, at): now})
                 try:
                     session.commit()
                 except IntegrityError:
                     session.rollback()  # another node took the name first: choose again
                     continue
-                return assigned, assigned != current
+                return assigned, requested_now, assigned != current
             raise Busy("The hostname could not be stored; try again.")
 
         mark = self._activity.mark(fleet)
@@ -138,10 +153,11 @@ class Pinger:
             # A sweep that began while we read might prune this client before a buffered
             # time is stored: then the ping is committed instead, in order with the sweep.
             if quiet is not None and self._activity.still_quiet(fleet, mark):
-                row_id, current = quiet
-                self._activity.note(row_id, now)
+                _, current = quiet
+                self._activity.note(fleet, at, now)
                 return self._answer(fleet, current)
-        assigned, renamed = await self._database.write(rename)
+        assigned, requested_now, renamed = await self._database.write(rename)
+        self._roster.rename(fleet, at, assigned, requested_now)
         if renamed:
             logger.info("fleet %s: %s is now called %s", fleet, address, assigned)
             await self._publisher.refresh()

@@ -1,8 +1,10 @@
 """The periodic sweep: persist handshakes, prune inactive clients, repair drift.
 
-One pass per fleet takes one `wg show dump`, reads the fleet's rows once, deletes the
-inactive ones in one transaction and changes the interface with bulk `wg` calls. The
-decision is the pure `find_inactive`, with the clock injected.
+One pass per fleet takes one `wg show dump` and reads the fleet's keys and addresses
+once (strings only); the inactive rows are found through the `last_active` index and
+deleted in the same transaction that stores new handshakes; the interface is changed
+with bulk `wg` calls. The decisions are the pure `prune_cutoff` and `newer_handshakes`,
+with the clock injected.
 """
 
 from __future__ import annotations
@@ -11,17 +13,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
-from ipaddress import IPv6Address
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.orm import Session
 
 from activity import store_activity
 from context import AppContext
-from database import CLIENTS, Client, UTCDateTime
+from database import CLIENTS, UTCDateTime
 from reconcile import plan_peers
 from wireguard import InterfaceDump, interface_name
 
@@ -29,13 +30,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Activity:
-    id: int
+class Pruned:
     public_key: str
-    address: IPv6Address
+    address: str
     hostname: str | None
-    last_seen: datetime
-    last_handshake: datetime | None
 
 
 @dataclass(frozen=True)
@@ -47,99 +45,95 @@ class SweepReport:
     brought_up: bool
 
 
-def last_activity(client: Activity, started_at: datetime) -> datetime:
-    """Latest of registration or ping (`last_seen`), handshake, and process start."""
-    moments = [client.last_seen, started_at]
-    if client.last_handshake is not None:
-        moments.append(client.last_handshake)
-    return max(moments)
-
-
-def find_inactive(
-    clients: Iterable[Activity], *, now: datetime, timeout: timedelta, started_at: datetime
-) -> list[Activity]:
-    """The clients whose last activity is older than `timeout` at `now`."""
+def prune_cutoff(now: datetime, timeout: timedelta, started_at: datetime) -> datetime | None:
+    """Clients last active before the returned moment are pruned; None while the
+    service itself is younger than `timeout` (nobody could reach it while it was down,
+    so its start counts as everyone's activity)."""
     cutoff = now - timeout
-    return [client for client in clients if last_activity(client, started_at) < cutoff]
+    return None if started_at >= cutoff else cutoff
 
 
-def with_handshakes(clients: list[Activity], dump: InterfaceDump) -> list[Activity]:
-    """`clients` with the newer handshakes the interface reports."""
-    merged = []
-    for client in clients:
-        peer = dump.peers.get(client.public_key)
-        seen = peer.latest_handshake if peer else None
-        if seen is not None and (client.last_handshake is None or seen > client.last_handshake):
-            client = replace(client, last_handshake=seen)
-        merged.append(client)
-    return merged
+def newer_handshakes(
+    dump: InterfaceDump, stored: Mapping[str, int], keys: Mapping[str, str]
+) -> dict[str, int]:
+    """Key -> epoch of every handshake of a known client newer than the one stored."""
+    return {
+        key: peer.handshake_epoch
+        for key, peer in dump.peers.items()
+        if peer.handshake_epoch > stored.get(key, 0) and key in keys
+    }
 
 
-def select_activity(session: Session, fleet: str) -> list[Activity]:
+def select_members(
+    session: Session, fleet: str, with_handshakes: bool
+) -> tuple[list[tuple[str, str, str | None, str | None]], dict[str, int]]:
+    """The fleet's (key, address, hostname, requested hostname) rows and, when asked,
+    the handshakes stored for them (key -> epoch)."""
     rows = session.execute(
         select(
-            Client.id,
-            Client.public_key,
-            Client.address,
-            Client.hostname,
-            Client.last_seen,
-            Client.last_handshake,
-        ).where(Client.fleet == fleet)
-    )
-    return [
-        Activity(row_id, key, IPv6Address(address), hostname, seen, handshake)
-        for row_id, key, address, hostname, seen, handshake in rows
-    ]
+            CLIENTS.c.public_key,
+            CLIENTS.c.address,
+            CLIENTS.c.hostname,
+            CLIENTS.c.requested_hostname,
+        ).where(CLIENTS.c.fleet == fleet)
+    ).all()
+    stored: dict[str, int] = {}
+    if with_handshakes:
+        query = select(CLIENTS.c.public_key, CLIENTS.c.last_handshake).where(
+            CLIENTS.c.fleet == fleet, CLIENTS.c.last_handshake.is_not(None)
+        )
+        stored = {key: int(moment.timestamp()) for key, moment in session.execute(query)}
+    return [(key, address, name, requested) for key, address, name, requested in rows], stored
 
 
 def store_sweep(
     session: Session,
-    handshakes: list[Activity],
-    inactive: list[Activity],
-    cutoff: datetime,
-    pending: dict[int, datetime] | None = None,
-) -> set[int]:
-    """Store buffered ping times and new handshakes, then delete the inactive rows;
-    return the ids deleted.
+    fleet: str,
+    handshakes: Mapping[str, int],
+    cutoff: datetime | None,
+    pending: dict[tuple[str, str], datetime] | None = None,
+) -> list[Pruned]:
+    """Store buffered ping times and new handshakes, then delete the fleet's rows last
+    active before `cutoff`; return what was deleted.
 
-    A row is deleted only if it is still inactive now: a ping stored since the rows
-    were read wins over the prune.
+    All in one transaction, in this order, so a ping or handshake stored since the pass
+    began always saves its client.
     """
     store_activity(session, pending or {})
     if handshakes:
-        handshake = bindparam("new_handshake", type_=UTCDateTime())
+        moment = bindparam("moment", type_=UTCDateTime())
         session.execute(
             update(CLIENTS)
-            .where(CLIENTS.c.id == bindparam("row_id"))
+            .where(CLIENTS.c.public_key == bindparam("key"))
             .values(
-                last_handshake=handshake,
+                last_handshake=moment,
                 last_active=case(
-                    (CLIENTS.c.last_active < handshake, handshake), else_=CLIENTS.c.last_active
+                    (CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active
                 ),
-            )
-            .execution_options(synchronize_session=False),
-            [{"row_id": c.id, "new_handshake": c.last_handshake} for c in handshakes],
+            ),
+            [
+                {"key": key, "moment": datetime.fromtimestamp(epoch, UTC)}
+                for key, epoch in handshakes.items()
+            ],
         )
-    deleted: set[int] = set()
-    if inactive:
-        ids = [client.id for client in inactive]
-        still = set(
-            session.scalars(
-                select(Client.id).where(Client.id.in_(ids), Client.last_active < cutoff)
+    pruned: list[Pruned] = []
+    if cutoff is not None:
+        inactive = session.execute(
+            select(CLIENTS.c.id, CLIENTS.c.public_key, CLIENTS.c.address, CLIENTS.c.hostname).where(
+                CLIENTS.c.fleet == fleet, CLIENTS.c.last_active < cutoff
             )
-        )
-        if still:
-            session.execute(delete(Client).where(Client.id.in_(still)))
-        deleted = still
+        ).all()
+        if inactive:
+            session.execute(delete(CLIENTS).where(CLIENTS.c.id.in_([row.id for row in inactive])))
+        pruned = [Pruned(row.public_key, row.address, row.hostname) for row in inactive]
     session.commit()
-    return deleted
+    return pruned
 
 
 async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = False) -> SweepReport:
     """One pass over one fleet; holds the fleet's lock so no registration interleaves."""
     interface = interface_name(fleet)
-    now = context.clock()
-    cutoff = now - context.config.prune_timeout
+    roster = context.roster
     async with context.fleet_locks[fleet]:
         with context.activity.committing_directly(fleet):
             brought_up = False
@@ -152,37 +146,43 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
             # committed already, so no peer being registered can be taken for a stray.
             dump = await context.wireguard.dump(fleet)
             context.status.store(fleet, dump)
-            clients = await context.database.read(lambda session: select_activity(session, fleet))
-            merged = with_handshakes(clients, dump)
-            changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
-            inactive = find_inactive(
-                merged,
-                now=now,
-                timeout=context.config.prune_timeout,
-                started_at=context.started_at,
+            first = not roster.handshakes_known(fleet)
+            members, stored = await context.database.read(
+                lambda session: select_members(session, fleet, with_handshakes=first)
             )
+            known = roster.stored_handshakes(fleet)
+            known.update(stored)
+            wanted = {key: address for key, address, _, _ in members}
+            handshakes = newer_handshakes(dump, known, wanted)
+            now = context.clock()
+            cutoff = prune_cutoff(now, context.config.prune_timeout, context.started_at)
             # Buffered ping times are stored first, in the same transaction, so that
-            # the guard in store_sweep sees them.
+            # the prune sees them.
             pending = context.activity.take()
             try:
-                deleted = await context.database.write(
-                    lambda session: store_sweep(session, changed, inactive, cutoff, pending)
+                pruned = await context.database.write(
+                    lambda session: store_sweep(session, fleet, handshakes, cutoff, pending)
                 )
             except BaseException:
                 context.activity.restore(pending)
                 raise
-            wanted = {c.public_key: c.address for c in merged if c.id not in deleted}
+            if pruned:
+                context.publisher.changed()  # even if `wg` fails below
+            known.update(handshakes)
+            for client in pruned:
+                wanted.pop(client.public_key, None)
+                known.pop(client.public_key, None)
+            roster.load(fleet, (m for m in members if m[0] in wanted))
             plan = plan_peers(wanted, dump)
             await context.wireguard.remove_peers(fleet, plan.remove)
             await context.wireguard.add_peers(fleet, plan.add)
-    pruned = [client for client in inactive if client.id in deleted]
     context.metrics.pruned_clients(fleet, len(pruned))
     if pruned:
         logger.info(
             "fleet %s: pruned %d inactive client(s): %s",
             fleet,
             len(pruned),
-            ", ".join(str(c.address) for c in pruned[:10]) + (" …" if len(pruned) > 10 else ""),
+            ", ".join(c.address for c in pruned[:10]) + (" …" if len(pruned) > 10 else ""),
         )
     pruned_keys = {client.public_key for client in pruned}
     unknown = [key for key in plan.remove if key not in wanted and key not in pruned_keys]
@@ -212,7 +212,11 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
             if at_startup:
                 raise
             logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
-    await context.publisher.refresh()
+    # Other nodes' fleets change without telling us: their names are re-read every pass.
+    if context.publisher.is_changed() or set(context.config.fleets) != set(
+        context.config.local_fleets
+    ):
+        await context.publisher.refresh()
     context.metrics.prune_duration.observe(time.monotonic() - started)
     return reports
 

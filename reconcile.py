@@ -24,14 +24,14 @@ class PeerPlan:
     """Peers to remove from the interface first, then peers to add to it."""
 
     remove: tuple[str, ...]
-    add: tuple[tuple[str, IPv6Address], ...]
+    add: tuple[tuple[str, str], ...]
 
     @property
     def empty(self) -> bool:
         return not self.remove and not self.add
 
 
-def plan_peers(wanted: dict[str, IPv6Address], dump: InterfaceDump) -> PeerPlan:
+def plan_peers(wanted: dict[str, str], dump: InterfaceDump) -> PeerPlan:
     """Compare the database's peers (`wanted`: key → address) with the interface's.
 
     A peer whose allowed IPs differ from its address is removed and added again, since
@@ -40,7 +40,7 @@ def plan_peers(wanted: dict[str, IPv6Address], dump: InterfaceDump) -> PeerPlan:
     wrong = {
         key
         for key, peer in dump.peers.items()
-        if key in wanted and peer.allowed_ips != (f"{wanted[key]}/128",)
+        if key in wanted and peer.allowed_ips != f"{wanted[key]}/128"
     }
     remove = [key for key in dump.peers if key not in wanted or key in wrong]
     add = [(key, addr) for key, addr in wanted.items() if key not in dump.peers or key in wrong]

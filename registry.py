@@ -35,6 +35,7 @@ from errors import (
 )
 from hosts import Publisher
 from metrics import Metrics
+from roster import Roster
 from wireguard import WireGuard, generate_keypair, render_client_config
 
 logger = logging.getLogger(__name__)
@@ -223,8 +224,10 @@ class Registry:
         fleet_locks: dict[str, asyncio.Lock],
         metrics: Metrics,
         publisher: Publisher,
+        roster: Roster,
     ) -> None:
         self._publisher = publisher
+        self._roster = roster
         self._config = config
         self._database = database
         self._wireguard = wireguard
@@ -257,7 +260,7 @@ class Registry:
         address, created = await request.outcome
         self._metrics.registered(fleet)
         if created:
-            logger.info("registered %s in fleet %s from %s", address, fleet, source_ip)
+            logger.debug("registered %s in fleet %s from %s", address, fleet, source_ip)
         config = render_client_config(
             private_key=keys.private_key if keys else None,
             address=address,
@@ -301,21 +304,25 @@ class Registry:
                 for request, outcome in zip(batch, outcomes, strict=True)
                 if not isinstance(outcome, WgFleetError)
             ]
+            created = [
+                (request.public_key, str(outcome[0]))
+                for request, outcome in zip(batch, outcomes, strict=True)
+                if not isinstance(outcome, WgFleetError) and outcome[1]
+            ]
             try:
                 await self._wireguard.add_peers(fleet, peers)
             except CommandError as error:
-                created = [
-                    request.public_key
-                    for request, outcome in zip(batch, outcomes, strict=True)
-                    if not isinstance(outcome, WgFleetError) and outcome[1]
-                ]
                 if created:
-                    await self._database.write(lambda session: delete_keys(session, created))
+                    keys = [key for key, _ in created]
+                    await self._database.write(lambda session: delete_keys(session, keys))
                 logger.error("registration in fleet %s failed: %s", fleet, error)
                 failure = WireGuardUnavailable(
                     "WireGuard could not add the peer; nothing was registered. Try again later."
                 )
                 return [o if isinstance(o, WgFleetError) else failure for o in outcomes]
-        if any(not isinstance(outcome, WgFleetError) and outcome[1] for outcome in outcomes):
+        for key, address in created:
+            self._roster.add(fleet, key, address)
+        if created:
+            logger.info("fleet %s: registered %d client(s)", fleet, len(created))
             self._publisher.refresh_soon()  # new clients are new Prometheus targets
         return outcomes

@@ -94,8 +94,12 @@ def test_render_sorts_numerically_by_address() -> None:
     )
 
 
-def test_render_writes_canonical_addresses() -> None:
-    assert render_hosts([("alpha", "FD00:1:0::0:5", "x")], "d.test") == "fd00:1::5 x.alpha.d.test\n"
+def test_render_writes_addresses_as_stored_in_numeric_order() -> None:
+    # The database holds canonical addresses (wg-fleet writes them); render keeps them.
+    entries = [("alpha", "fd00:1::1:0", "b"), ("alpha", "fd00:1::ffff", "a")]
+    assert render_hosts(entries, "d.test") == (
+        "fd00:1::ffff a.alpha.d.test\nfd00:1::1:0 b.alpha.d.test\n"
+    )
 
 
 # --- Publisher ---------------------------------------------------------------------------

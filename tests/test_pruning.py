@@ -12,22 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import pruning
 from context import AppContext
 from database import Client, Database
-from pruning import (
-    Activity,
-    Pruner,
-    SweepReport,
-    find_inactive,
-    last_activity,
-    select_activity,
-    store_sweep,
-    with_handshakes,
-)
+from pruning import Pruner, SweepReport, newer_handshakes, prune_cutoff, store_sweep
 from tests.conftest import Running
 from tests.fakes import FakeClock, FakeWireGuard
 from wireguard import InterfaceDump, PeerStatus
@@ -40,110 +31,52 @@ STRAY = base64.b64encode(b"\x07" * 32).decode()
 StartApp = Callable[..., Any]
 
 
-def activity(
-    number: int = 1,
-    *,
-    last_seen: datetime = LONG_AGO,
-    last_handshake: datetime | None = None,
-) -> Activity:
-    return Activity(
-        number, f"key-{number}", IPv6Address(f"fd00:1::{number}"), None, last_seen, last_handshake
-    )
-
-
 def dump_with(handshakes: dict[str, datetime | None]) -> InterfaceDump:
-    peers = {key: PeerStatus(key, None, (), seen, 0, 0) for key, seen in handshakes.items()}
+    peers = {
+        key: PeerStatus(key, None, "", int(seen.timestamp()) if seen else 0)
+        for key, seen in handshakes.items()
+    }
     return InterfaceDump("serverpublic=", 51820, peers)
 
 
-# --- last_activity and find_inactive -----------------------------------------------------
+# --- prune_cutoff and newer_handshakes ---------------------------------------------------
+
+
+def test_the_cutoff_is_now_minus_the_timeout() -> None:
+    assert prune_cutoff(NOW, TIMEOUT, started_at=LONG_AGO) == NOW - TIMEOUT
 
 
 @pytest.mark.parametrize(
-    ("last_seen", "handshake", "started_at", "expected"),
+    ("age", "grace"),
     [
-        (NOW, None, LONG_AGO, NOW),
-        (LONG_AGO, NOW, LONG_AGO, NOW),
-        (LONG_AGO, None, NOW, NOW),
-        (NOW - timedelta(hours=2), NOW - timedelta(hours=1), LONG_AGO, NOW - timedelta(hours=1)),
-        (NOW - timedelta(hours=1), NOW - timedelta(hours=2), LONG_AGO, NOW - timedelta(hours=1)),
+        (timedelta(0), True),
+        (TIMEOUT - timedelta(seconds=1), True),
+        (TIMEOUT, True),
+        (TIMEOUT + timedelta(seconds=1), False),
     ],
 )
-def test_last_activity_is_the_latest_moment(
-    last_seen: datetime, handshake: datetime | None, started_at: datetime, expected: datetime
-) -> None:
-    client = activity(last_seen=last_seen, last_handshake=handshake)
-    assert last_activity(client, started_at) == expected
+def test_start_up_grace_prunes_nothing_for_one_timeout(age: timedelta, grace: bool) -> None:
+    cutoff = prune_cutoff(NOW, TIMEOUT, started_at=NOW - age)
+    assert (cutoff is None) is grace
 
 
-def inactive_ids(*clients: Activity, started_at: datetime = LONG_AGO) -> list[int]:
-    found = find_inactive(clients, now=NOW, timeout=TIMEOUT, started_at=started_at)
-    return [client.id for client in found]
-
-
-def test_recent_handshake_keeps_an_old_client() -> None:
-    client = activity(last_seen=LONG_AGO, last_handshake=NOW - timedelta(minutes=5))
-    assert inactive_ids(client) == []
-
-
-def test_old_seen_and_old_handshake_is_pruned() -> None:
-    old = activity(1, last_seen=LONG_AGO, last_handshake=NOW - timedelta(hours=1))
-    never = activity(2, last_seen=LONG_AGO)
-    fresh = activity(3, last_seen=NOW - timedelta(minutes=1))
-    assert inactive_ids(old, never, fresh) == [1, 2]
-
-
-def test_startup_grace_prunes_nothing() -> None:
-    clients = [activity(n, last_seen=LONG_AGO) for n in range(1, 6)]
-    assert inactive_ids(*clients, started_at=NOW - timedelta(minutes=29)) == []
-    assert inactive_ids(*clients, started_at=NOW - timedelta(minutes=31)) == [1, 2, 3, 4, 5]
-
-
-@pytest.mark.parametrize(
-    ("age", "pruned"),
-    [
-        (TIMEOUT - timedelta(microseconds=1), False),
-        (TIMEOUT, False),  # exactly at the cutoff: not older than the timeout
-        (TIMEOUT + timedelta(microseconds=1), True),
-    ],
-)
-def test_cutoff_boundary(age: timedelta, pruned: bool) -> None:
-    assert inactive_ids(activity(last_seen=NOW - age)) == ([1] if pruned else [])
-    assert inactive_ids(activity(last_handshake=NOW - age)) == ([1] if pruned else [])
-
-
-# --- with_handshakes ---------------------------------------------------------------------
-
-
-def test_with_handshakes_takes_only_newer_handshakes() -> None:
+def test_newer_handshakes_takes_only_newer_ones_of_known_clients() -> None:
     stored = NOW - timedelta(hours=1)
-    clients = [
-        activity(1, last_handshake=stored),  # newer in the dump: replaced
-        activity(2, last_handshake=stored),  # older in the dump: kept
-        activity(3),  # first handshake: taken
-        activity(4, last_handshake=stored),  # none in the dump: kept
-        activity(5, last_handshake=stored),  # not on the interface: kept
-    ]
     dump = dump_with(
         {
-            "key-1": NOW,
-            "key-2": stored - timedelta(minutes=1),
-            "key-3": NOW,
-            "key-4": None,
-            "someone-else": NOW,
+            "key-1": NOW,  # newer than stored: taken
+            "key-2": stored - timedelta(minutes=1),  # older: left
+            "key-3": NOW,  # first handshake: taken
+            "key-4": None,  # no handshake: left
+            "stray": NOW,  # not a client: left
         }
     )
-    merged = with_handshakes(clients, dump)
-    assert [client.last_handshake for client in merged] == [NOW, stored, NOW, stored, stored]
-    # Unchanged clients are the very same objects: the sweep persists only the others.
-    assert [new is old for old, new in zip(clients, merged, strict=True)] == [
-        False,
-        True,
-        False,
-        True,
-        True,
-    ]
-    assert merged[0].last_seen == clients[0].last_seen
+    known = {f"key-{n}": int(stored.timestamp()) for n in (1, 2, 4)}
+    clients = {f"key-{n}": f"fd00:1::{n}" for n in (1, 2, 3, 4)}
+    assert newer_handshakes(dump, known, clients) == {
+        "key-1": int(NOW.timestamp()),
+        "key-3": int(NOW.timestamp()),
+    }
 
 
 # --- store_sweep on SQLite ---------------------------------------------------------------
@@ -170,72 +103,70 @@ def row(number: int, last_seen: datetime, last_handshake: datetime | None = None
     )
 
 
-async def insert(database: Database, *rows: Client) -> dict[str, int]:
-    """Insert rows; return their ids by public key."""
-
-    def job(session: Session) -> dict[str, int]:
+async def insert(database: Database, *rows: Client) -> None:
+    def job(session: Session) -> None:
         session.add_all(rows)
         session.commit()
-        return {client.public_key: client.id for client in rows}
 
-    return await database.write(job)
+    await database.write(job)
 
 
-async def stored(database: Database) -> dict[str, datetime | None]:
-    """public key → last_handshake of every row left."""
+async def stored(database: Database) -> dict[str, tuple[datetime | None, datetime]]:
+    """public key → (last_handshake, last_active) of every row left."""
 
-    def job(session: Session) -> dict[str, datetime | None]:
-        rows = session.execute(select(Client.public_key, Client.last_handshake))
-        return {key: handshake for key, handshake in rows}
+    def job(session: Session) -> dict[str, tuple[datetime | None, datetime]]:
+        rows = session.execute(select(Client.public_key, Client.last_handshake, Client.last_active))
+        return {key: (handshake, active) for key, handshake, active in rows}
 
     return await database.read(job)
 
 
-async def test_store_sweep_persists_handshakes_and_deletes_inactive(database: Database) -> None:
+async def test_store_sweep_stores_activity_first_then_prunes(database: Database) -> None:
     await insert(
         database,
-        row(1, LONG_AGO),  # inactive
-        row(2, LONG_AGO),  # inactive, but pings before the delete
-        row(3, LONG_AGO),  # handshake seen in this pass
+        row(1, LONG_AGO),  # inactive: pruned
+        row(2, LONG_AGO),  # inactive, but a buffered ping arrived: kept
+        row(3, LONG_AGO),  # a handshake seen in this pass: kept
         row(4, NOW),
     )
-    clients = await database.read(lambda session: select_activity(session, "alpha"))
-    merged = with_handshakes(clients, dump_with({"key-3": NOW - timedelta(minutes=2)}))
-    changed = [new for old, new in zip(clients, merged, strict=True) if new is not old]
-    inactive = find_inactive(merged, now=NOW, timeout=TIMEOUT, started_at=LONG_AGO)
-    assert sorted(client.public_key for client in inactive) == ["key-1", "key-2"]
-
-    # A ping arrives after the rows were read and before the delete: it wins.
-    def ping(session: Session) -> None:
-        session.execute(
-            update(Client)
-            .where(Client.public_key == "key-2")
-            .values(last_seen=NOW, last_active=NOW)
+    handshake = NOW - timedelta(minutes=2)
+    pending = {("alpha", "fd00:1::2"): NOW}
+    pruned = await database.write(
+        lambda session: store_sweep(
+            session, "alpha", {"key-3": int(handshake.timestamp())}, NOW - TIMEOUT, pending
         )
-        session.commit()
-
-    await database.write(ping)
-    cutoff = NOW - TIMEOUT
-    deleted = await database.write(lambda session: store_sweep(session, changed, inactive, cutoff))
-
-    ids = {client.public_key: client.id for client in clients}
-    assert deleted == {ids["key-1"]}
-    assert await stored(database) == {
-        "key-2": None,
-        "key-3": NOW - timedelta(minutes=2),
-        "key-4": None,
-    }
-    last_active = await database.read(
-        lambda session: dict(session.execute(select(Client.public_key, Client.last_active)).all())
     )
-    assert last_active == {"key-2": NOW, "key-3": NOW - timedelta(minutes=2), "key-4": NOW}
+    assert [(p.public_key, p.address) for p in pruned] == [("key-1", "fd00:1::1")]
+    assert await stored(database) == {
+        "key-2": (None, NOW),
+        "key-3": (handshake, handshake),
+        "key-4": (None, NOW),
+    }
 
 
-async def test_store_sweep_with_nothing_to_do(database: Database) -> None:
-    await insert(database, row(1, NOW, NOW))
-    deleted = await database.write(lambda session: store_sweep(session, [], [], NOW - TIMEOUT))
-    assert deleted == set()
-    assert await stored(database) == {"key-1": NOW}
+async def test_a_handshake_never_moves_activity_back(database: Database) -> None:
+    await insert(database, row(1, NOW))
+    old = NOW - timedelta(hours=3)
+    await database.write(
+        lambda session: store_sweep(session, "alpha", {"key-1": int(old.timestamp())}, None)
+    )
+    assert await stored(database) == {"key-1": (old, NOW)}
+
+
+async def test_store_sweep_during_the_grace_prunes_nothing(database: Database) -> None:
+    await insert(database, row(1, LONG_AGO))
+    pruned = await database.write(lambda session: store_sweep(session, "alpha", {}, None))
+    assert pruned == []
+    assert list(await stored(database)) == ["key-1"]
+
+
+async def test_store_sweep_leaves_other_fleets_alone(database: Database) -> None:
+    other = row(9, LONG_AGO)
+    other.fleet = "beta"
+    await insert(database, row(1, LONG_AGO), other)
+    pruned = await database.write(lambda session: store_sweep(session, "alpha", {}, NOW - TIMEOUT))
+    assert [p.public_key for p in pruned] == ["key-1"]
+    assert list(await stored(database)) == ["key-9"]
 
 
 # --- sweeps through a running app (fake wg, injected clock) ------------------------------

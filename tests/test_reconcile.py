@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv6Network
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,11 @@ from wireguard import InterfaceDump, PeerStatus
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 KEY_A, KEY_B, KEY_C, KEY_D = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2, 3, 4))
-ADDR_A, ADDR_B, ADDR_C = (IPv6Address(f"fd00:1::{n}") for n in ("a", "b", "c"))
+ADDR_A, ADDR_B, ADDR_C = (f"fd00:1::{n}" for n in ("a", "b", "c"))
 
 
 def peer(key: str, *allowed: str) -> PeerStatus:
-    return PeerStatus(key, None, tuple(allowed), None, 0, 0)
+    return PeerStatus(key, None, ",".join(allowed), 0)
 
 
 def dump(*peers: PeerStatus) -> InterfaceDump:

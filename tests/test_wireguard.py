@@ -167,17 +167,17 @@ def test_parse_dump() -> None:
         public_key=PUBLIC,
         listen_port=51820,
         peers={
-            PEER_A: PeerStatus(PEER_A, None, ("fd00:a0a8:34d:2a00::2/128",), None, 0, 0),
+            PEER_A: PeerStatus(PEER_A, None, "fd00:a0a8:34d:2a00::2/128", 0),
             PEER_B: PeerStatus(
                 PEER_B,
                 "[2001:db8::7]:41234",
-                ("fd00:a0a8:34d:2a00::3/128", "10.9.0.0/16"),
-                datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC),
-                1234,
-                5678,
+                "fd00:a0a8:34d:2a00::3/128,10.9.0.0/16",
+                1700000000,
             ),
         },
     )
+    assert dump.peers[PEER_A].latest_handshake is None
+    assert dump.peers[PEER_B].latest_handshake == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)
     assert PRIVATE not in repr(dump)
 
 
@@ -185,7 +185,7 @@ def test_parse_dump_without_peers_or_allowed_ips() -> None:
     assert parse_dump(f"{PRIVATE}\t{PUBLIC}\t51820\toff\n").peers == {}
     line = f"{PEER_A}\t(none)\t(none)\t(none)\t0\t0\t0\toff"
     dump = parse_dump(f"{PRIVATE}\t{PUBLIC}\t51820\toff\n{line}\n\n")
-    assert dump.peers[PEER_A].allowed_ips == ()
+    assert dump.peers[PEER_A].allowed_ips == ""
 
 
 @pytest.mark.parametrize(
