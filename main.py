@@ -149,6 +149,7 @@ def create_app(
                 stop_reloading_on_hangup()
                 await pruner.stop()
                 await context.activity.stop()
+                await context.status.close()
         finally:
             database.close()
 
@@ -292,7 +293,10 @@ class QuietStartupFailure:
             return
 
         async def send_quietly(message: MutableMapping[str, Any]) -> None:
-            if message["type"] == "lifespan.startup.failed":
+            # Starlette sends the traceback as the message; for a StartupError the log
+            # already has its sentence, anything else keeps its traceback.
+            text = str(message.get("message", ""))
+            if message["type"] == "lifespan.startup.failed" and "StartupError" in text:
                 message = {"type": message["type"], "message": ""}
             await send(message)
 

@@ -46,15 +46,33 @@ class StatusCache:
         self._ttl = ttl
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[InterfaceDump | None]] = set()
 
     def store(self, fleet: str, dump: InterfaceDump) -> None:
         """Keep a dump taken elsewhere (the pruning pass), saving a `wg` call."""
         self._entries[fleet] = _Entry(dump, time.monotonic())
 
     async def dump(self, fleet: str) -> InterfaceDump | None:
+        """The fleet's latest dump. An expired one is still answered at once while a
+        fresh one is read in the background (a dump of 50,000 peers takes a while);
+        only the very first call waits."""
         entry = self._entries.get(fleet)
-        if entry is not None and time.monotonic() - entry.taken_at < self._ttl:
-            return entry.dump
+        if entry is None:
+            return await self._refresh(fleet)
+        lock = self._locks.setdefault(fleet, asyncio.Lock())
+        if time.monotonic() - entry.taken_at >= self._ttl and not lock.locked():
+            task = asyncio.create_task(self._refresh(fleet))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        return entry.dump
+
+    async def close(self) -> None:
+        """Cancel background refreshes still under way (at shutdown)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _refresh(self, fleet: str) -> InterfaceDump | None:
         lock = self._locks.setdefault(fleet, asyncio.Lock())
         async with lock:
             entry = self._entries.get(fleet)
