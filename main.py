@@ -27,6 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp
 
 from access import (
@@ -308,7 +309,10 @@ class QuietStartupFailure:
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="main.py", description="Run the wg-fleet server for the fleets in a YAML config."
+        prog="main.py",
+        description="Run the wg-fleet server for the fleets in a YAML config. "
+        "`main.py migrate --config PATH` only upgrades the database; "
+        "`main.py hash-password` prints a hash for the config's admin password.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
     parser.add_argument("--host", help="listen address (default ::, dual stack)")
@@ -365,10 +369,25 @@ def print_password_hash() -> int:
     return 0
 
 
+def migrate(config: Config) -> int:
+    """`main.py migrate --config PATH`: create or upgrade the database's schema, then exit."""
+    database = Database(config.database)
+    try:
+        database.migrate()
+    except SQLAlchemyError as error:
+        print(f"cannot migrate the database: {error}", file=sys.stderr)  # noqa: T201
+        return 1
+    finally:
+        database.close()
+    logger.info("the database is at the newest schema")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
         return print_password_hash()
+    command = argv.pop(0) if argv[:1] == ["migrate"] else "serve"
     arguments = parse_arguments(argv)
     try:
         config = load_config(arguments.config, overrides_from(arguments))
@@ -376,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)  # noqa: T201 - the one sentence the CLI promises
         return 2
     logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
+    if command == "migrate":
+        return migrate(config)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     problem = check_prerequisites()
     if problem:

@@ -158,6 +158,7 @@ class Lab:
         self.server.run("ip", "link", "set", "br0", "up")
         self.clients: list[Client] = []
         self.servers: list[Server] = []
+        self._hosts = 0
 
     def _namespace(self, role: str) -> Namespace:
         namespace = Namespace(unique(f"wgf-{role}"))
@@ -167,8 +168,19 @@ class Lab:
         return namespace
 
     def client(self) -> Client:
-        number = len(self.clients) + 2
-        namespace = self._namespace("c")
+        namespace, number = self.host("c")
+        config_dir = self.workdir / namespace.name
+        config_dir.mkdir(mode=0o700)
+        client = Client(namespace, f"198.18.0.{number}", config_dir=config_dir)
+        self.interfaces.append(client.interface)
+        self.clients.append(client)
+        return client
+
+    def host(self, role: str) -> tuple[Namespace, int]:
+        """A namespace on the bridge at 198.18.0.<n> and fdfe::<n>; returns it and n."""
+        self._hosts += 1
+        number = self._hosts + 1
+        namespace = self._namespace(role)
         port = f"vc{number}"
         self.server.run(
             "ip",
@@ -187,12 +199,7 @@ class Lab:
         namespace.run("ip", "addr", "add", f"198.18.0.{number}/24", "dev", "eth0")
         namespace.run("ip", "addr", "add", f"fdfe::{number:x}/64", "dev", "eth0", "nodad")
         namespace.run("ip", "link", "set", "eth0", "up")
-        config_dir = self.workdir / namespace.name
-        config_dir.mkdir(mode=0o700)
-        client = Client(namespace, f"198.18.0.{number}", config_dir=config_dir)
-        self.interfaces.append(client.interface)
-        self.clients.append(client)
-        return client
+        return namespace, number
 
     def close(self) -> None:
         """End every process in our namespaces, then delete them and stray sockets."""
@@ -225,9 +232,13 @@ def fleet_config(name: str, number: int, **extra: Any) -> dict[str, Any]:
 class Server:
     """`python main.py` as a real process inside the server namespace."""
 
-    def __init__(self, lab: Lab, config: dict[str, Any]) -> None:
+    def __init__(
+        self, lab: Lab, config: dict[str, Any], namespace: Namespace | None = None
+    ) -> None:
+        """A server in `namespace` (default: the lab's server namespace)."""
         self.lab = lab
-        self.state = lab.workdir / "server"
+        self.namespace = namespace or lab.server
+        self.state = lab.workdir / f"server-{self.namespace.name}"
         self.state.mkdir(exist_ok=True)
         self.config_path = self.state / "config.yaml"
         self.hosts_file = self.state / "hosts"
@@ -253,7 +264,7 @@ class Server:
                 "ip",
                 "netns",
                 "exec",
-                self.lab.server.name,
+                self.namespace.name,
                 sys.executable,
                 str(REPO / "main.py"),
                 "--config",
@@ -274,7 +285,7 @@ class Server:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"wg-fleet exited {self.process.returncode}:\n{self.output()}")
-            status, _ = self.lab.server.http("GET", f"http://[::1]:{HTTP_PORT}/")
+            status, _ = self.namespace.http("GET", f"http://[::1]:{HTTP_PORT}/health")
             return status == 200
 
         wait_for(answering, 30, "wg-fleet to answer")
@@ -291,11 +302,11 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        return self.lab.server.http(method, f"http://[::1]:{HTTP_PORT}{path}", body)
+        return self.namespace.http(method, f"http://[::1]:{HTTP_PORT}{path}", body)
 
     def peers(self, fleet: str) -> dict[str, str]:
         """Public key → allowed IPs of the fleet's interface, read with `wg show`."""
-        out = self.lab.server.run("wg", "show", f"wg_{fleet}", "allowed-ips")
+        out = self.namespace.run("wg", "show", f"wg_{fleet}", "allowed-ips")
         return dict(line.split("\t", 1) for line in out.splitlines() if line)
 
 
