@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -84,9 +85,16 @@ def query(namespace: Namespace, name: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 else None
 
 
+def targets(path: Path) -> list[tuple[str, dict[str, str]]]:
+    if not path.exists():
+        return []
+    return [(group["targets"][0], group["labels"]) for group in json.loads(path.read_text())]
+
+
 def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune(
-    lab: Lab, dns: Path
+    lab: Lab, dns: Path, tmp_path: Path
 ) -> None:
+    """DNS and the Prometheus targets file both follow registration, renames and pruning."""
     fleet = unique("f")
     settings = fleet_config(fleet, 5)
     server = Server(
@@ -96,6 +104,7 @@ def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune
             "prune_timeout": "4s",
             "prune_interval": "1s",
             "hosts_file": str(dns / "hosts"),
+            "prometheus_targets_file": str(tmp_path / "targets.json"),
             "fleets": {fleet: settings},
         },
     )
@@ -103,8 +112,16 @@ def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune
     client, body = join(lab, fleet, settings)
     name = f"digger.{fleet}.fleet.test"
 
+    target = f"[{body['address']}]:9100"
+    wait_for(
+        lambda: targets(tmp_path / "targets.json") == [(target, {"fleet": fleet})],
+        10,
+        "the new client in the targets file",
+    )
     assert ping(client, fleet, settings, {"hostname": "digger"})[1]["fqdn"] == name
     wait_for(lambda: query(lab.server, name) == body["address"], 10, f"{name} to resolve")
+    labelled = (target, {"fleet": fleet, "hostname": "digger"})
+    assert targets(tmp_path / "targets.json") == [labelled]
 
     assert ping(client, fleet, settings, {"hostname": "shovel"})[0] == 200
     renamed = f"shovel.{fleet}.fleet.test"
@@ -113,4 +130,5 @@ def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune
 
     client.down()  # silent from now on: no pings, no handshakes
     wait_for(lambda: query(lab.server, renamed) == "", 30, f"{renamed} to vanish after pruning")
+    assert targets(tmp_path / "targets.json") == []
     assert server.api("GET", f"/api/fleets/{fleet}/clients")[1]["clients"] == []
