@@ -1,0 +1,905 @@
+"""wg-fleet's benchmark: throughput against a hello-world baseline, then cost at scale.
+
+Run it through `sudo bench/run [--quick]`, which installs what it needs first. Everything
+runs in network namespaces made here (the end-to-end tests' harness) and is removed at
+the end; traffic never leaves them.
+
+Throughput (32 connections, 2 wrk threads, a short warm-up, then `--seconds` per run):
+  register  POST /fleet/<f>/register, no body, over the LAN: each request a new client
+  ping      POST /fleet/<f>/ping, body {}, from a client *through its WireGuard tunnel*
+            to the fleet's ip6 — the baseline (listening on `::` in the same namespace)
+            is reached through the very same tunnel.
+
+Scale (N seeded clients, each with a real key, an address and a hostname):
+  phase A, prune_interval 1h (no pass interferes):
+    start-up   from process start until /health answers 200 and the interface, absent
+               before start, holds all N peers again (all restored by the start-up pass)
+    fleet page GET /fleet/<f> with curl in the server namespace (`%{time_total}`): the
+               median of 5 requests after a first one, which is reported on its own
+               (it finds the 5-second `wg show` cache cold)
+    hosts      a real client pings a new hostname through its tunnel; time from sending
+               the ping until the hosts file holds the new name
+    (also, in this process: hosts.render_hosts + files.write_if_changed over N names)
+  phase B, prune_interval 1s, prune_timeout 2s; the seeded rows are active a day in the
+  future, so nothing is pruned until 10% of them are aged (a short timeout because the
+  service counts its own start as activity: rows can only be pruned prune_timeout after it)
+    prune      per-pass durations from the `wg_fleet_prune_duration_seconds` histogram:
+               /metrics is scraped every 0.5 s; a scrape interval in which the count
+               grew by exactly one gives that pass's duration as the growth of the sum
+               (passes are ≥ 1 s apart, so that is the usual case). "empty" is the second
+               pass after start-up; "remove 10%" is the pass in which
+               `wg_fleet_pruned_total` grows by N/10 after 10% of the rows were made old.
+  peak RSS     VmHWM of the python process (not wireguard-go), the larger of A and B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import insert, update
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from config import FleetConfig
+from database import Base, Client, make_engine
+from files import write_if_changed
+from hosts import render_hosts
+from tests.e2e import harness
+from tests.e2e.harness import (
+    SERVER_V4,
+    Lab,
+    Namespace,
+    fleet_config,
+    unique,
+    wait_for,
+)
+from wireguard import generate_keypair, render_server_config
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAIN = "bench.internal"
+FLEET_PORT = 8000
+BASELINE_PORT = 8001
+SCALE_PORT = 8002
+CONNECTIONS = 32
+THREADS = 2
+WARMUP_SECONDS = 2
+LUA = REPO / "bench" / "post.lua"
+LOAD_BEFORE = "?"
+TARGETS = {
+    "register_ratio": 0.30,
+    "ping_ratio": 0.60,
+    "p99_ms": 100.0,
+    "startup_s": 10.0,
+    "prune_empty_s": 1.0,
+    "prune_remove_s": 2.0,
+    "fleet_page_ms": 100.0,
+    "rss_mb": 250.0,
+}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def in_ns(namespace: Namespace, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", namespace.name, *argv]
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Service:
+    """A Python server (wg-fleet or the baseline) in the server namespace, in its own group."""
+
+    def __init__(self, lab: Lab, argv: list[str], log_path: Path) -> None:
+        self.lab = lab
+        self.argv = argv
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        lab.servers.append(self)  # type: ignore[arg-type]  # Lab.close kills .process
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.started = time.monotonic()
+            # `ip netns exec` execs the command: the pid is python's own.
+            self.process = subprocess.Popen(
+                in_ns(self.lab.server, *self.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=REPO,
+            )
+
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.argv[1]} exited {self.process.returncode}:\n{tail}")
+
+    def peak_rss_mb(self) -> float:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        assert match, "no VmHWM"
+        return int(match.group(1)) / 1024
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def curl(
+    namespace: Namespace,
+    url: str,
+    *,
+    method: str = "GET",
+    body: str | None = None,
+    timeout: float = 60,
+) -> tuple[int, str, float]:
+    """(HTTP status or 0, body, curl's time_total in seconds) for one request from `namespace`."""
+    argv = ["curl", "-sS", "-m", str(timeout), "-X", method, "-w", "\n%{http_code} %{time_total}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "--data-binary", body]
+    result = subprocess.run(
+        in_ns(namespace, *argv, url), capture_output=True, text=True, timeout=timeout + 10
+    )
+    if result.returncode != 0:
+        return 0, result.stderr, 0.0
+    text, _, tail = result.stdout.rpartition("\n")
+    status, seconds = tail.split()
+    return int(status), text, float(seconds)
+
+
+def wait_answering(namespace: Namespace, service: Service, url: str, timeout: float) -> float:
+    """Seconds from `service.start()` until `url` answers 200 (bounded by `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        service.check_alive()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RuntimeError(f"{url} did not answer 200 within {timeout:g} s")
+        # Once the socket is bound a request waits in the backlog until start-up is over,
+        # so this returns right when the app begins to serve.
+        status, _, _ = curl(namespace, url, timeout=max(1.0, remaining))
+        if status == 200:
+            return time.monotonic() - service.started
+        time.sleep(0.02)
+
+
+def wrk(namespace: Namespace, url: str, body: str, seconds: int) -> dict[str, float]:
+    result = subprocess.run(
+        in_ns(
+            namespace,
+            "wrk",
+            "-t",
+            str(THREADS),
+            "-c",
+            str(CONNECTIONS),
+            "-d",
+            f"{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(LUA),
+            url,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        env={**os.environ, "BENCH_BODY": body},
+    )
+    for line in result.stdout.splitlines():
+        if line.startswith("BENCH-JSON "):
+            raw = json.loads(line.removeprefix("BENCH-JSON "))
+            errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
+            return {
+                "rps": raw["requests"] / (raw["duration_us"] / 1e6),
+                "p50_ms": raw["p50_us"] / 1000,
+                "p99_ms": raw["p99_us"] / 1000,
+                "max_ms": raw["max_us"] / 1000,
+                "requests": raw["requests"],
+                "errors": errors,
+            }
+    raise RuntimeError(f"wrk printed no summary: {result.stdout}\n{result.stderr}")
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def write_config(
+    path: Path,
+    state: Path,
+    fleet: str,
+    settings: dict[str, Any],
+    port: int,
+    *,
+    prune_timeout: str,
+    prune_interval: str,
+) -> None:
+    config = {
+        "domain": DOMAIN,
+        "prune_timeout": prune_timeout,
+        "prune_interval": prune_interval,
+        "database": str(state / "clients.db"),
+        "hosts_file": str(state / "hosts"),
+        "wireguard_dir": str(state / "wireguard"),
+        "listen": {"host": "::", "port": port},
+        "fleets": {fleet: settings},
+    }
+    path.write_text(yaml.safe_dump(config))
+
+
+def wg_fleet(lab: Lab, config: Path, log_path: Path) -> Service:
+    return Service(
+        lab, [sys.executable, "main.py", "--config", str(config), "--log-level", "info"], log_path
+    )
+
+
+def delete_interface(lab: Lab, interface: str) -> None:
+    """Flush a fleet's interface: gone, its wireguard-go daemon ended (bounded wait)."""
+    lab.server.run("ip", "link", "del", interface, check=False)
+    wait_for(
+        lambda: not lab.server.ok("ip", "link", "show", "dev", interface),
+        30,
+        f"{interface} to disappear",
+    )
+    socket = Path(f"/var/run/wireguard/{interface}.sock")
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: not socket.exists(), 10, f"{socket} to go")
+    socket.unlink(missing_ok=True)
+
+
+def peer_count(lab: Lab, interface: str) -> int:
+    result = subprocess.run(
+        in_ns(lab.server, "wg", "show", interface, "peers"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return len(result.stdout.split()) if result.returncode == 0 else -1
+
+
+# ---------------------------------------------------------------- throughput
+
+
+def throughput(lab: Lab, work: Path, reps: int, seconds: int) -> dict[str, list[dict[str, float]]]:
+    fleet = unique("t")
+    settings = fleet_config(fleet, 1)
+    state = work / "throughput"
+    state.mkdir()
+    config = state / "config.yaml"
+    write_config(
+        config, state, fleet, settings, FLEET_PORT, prune_timeout="1d", prune_interval="1m"
+    )
+    lab.interfaces.append(f"wg_{fleet}")
+    service = wg_fleet(lab, config, state / "wg-fleet.log")
+    baseline = Service(
+        lab, [sys.executable, "bench/baseline.py", str(BASELINE_PORT)], state / "baseline.log"
+    )
+    service.start()
+    baseline.start()
+    wait_answering(lab.server, service, f"http://[::1]:{FLEET_PORT}/health", 60)
+    wait_answering(lab.server, baseline, f"http://[::1]:{BASELINE_PORT}/docs", 60)
+
+    client = lab.client()
+    status, registration = client.register(fleet)
+    assert status == 200, registration
+    client.up(registration["config"])
+    ip6 = settings["ip6"]
+    client.can_ping(ip6)
+    status, _ = client.namespace.http("POST", f"http://[{ip6}]:{FLEET_PORT}/fleet/{fleet}/ping", {})
+    assert status == 200, "a ping through the tunnel failed"
+
+    runs = {
+        "register": (f"http://{SERVER_V4}:{FLEET_PORT}/fleet/{fleet}/register", ""),
+        "register_baseline": (f"http://{SERVER_V4}:{BASELINE_PORT}/fleet/{fleet}/register", ""),
+        "ping": (f"http://[{ip6}]:{FLEET_PORT}/fleet/{fleet}/ping", "{}"),
+        "ping_baseline": (f"http://[{ip6}]:{BASELINE_PORT}/fleet/{fleet}/ping", "{}"),
+    }
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for rep in range(reps):
+        for name, (url, body) in runs.items():
+            wrk(client.namespace, url, body, WARMUP_SECONDS)
+            result = wrk(client.namespace, url, body, seconds)
+            service.check_alive()
+            results[name].append(result)
+            log(
+                f"throughput {rep + 1}/{reps} {name:<18} {result['rps']:7.0f} req/s  "
+                f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
+                f"errors {result['errors']:.0f}"
+            )
+    results["peers_at_end"] = [{"value": peer_count(lab, f"wg_{fleet}")}]
+    service.stop()
+    baseline.stop()
+    client.down()
+    delete_interface(lab, f"wg_{fleet}")
+    return results
+
+
+# ---------------------------------------------------------------- scale
+
+
+@dataclass
+class Seed:
+    fleet: str
+    settings: dict[str, Any]
+    database: Path
+    names: list[tuple[str, str, str]]  # (fleet, address, hostname) of every row
+    tunnel_private_key: str
+    tunnel_public_key: str
+    tunnel_address: IPv6Address
+    server_public_key: str
+    server_config: str
+    seconds: float
+
+
+def random_addresses(subnet: IPv6Network, server: IPv6Address, count: int) -> list[IPv6Address]:
+    base = int(subnet.network_address)
+    host_bits = subnet.max_prefixlen - subnet.prefixlen
+    taken: set[int] = {0, int(server) - base}
+    addresses: list[IPv6Address] = []
+    while len(addresses) < count:
+        host = secrets.randbits(host_bits)
+        if host not in taken:
+            taken.add(host)
+            addresses.append(IPv6Address(base + host))
+    return addresses
+
+
+def seed(work: Path, size: int, number: int) -> Seed:
+    """A fresh SQLite database holding `size` clients of a new fleet (bulk Core insert)."""
+    started = time.monotonic()
+    fleet = unique("s")
+    settings = fleet_config(fleet, number)
+    subnet = IPv6Network(settings["subnet"])
+    server = IPv6Address(settings["ip6"])
+    path = work / f"seed-{size}.db"
+    engine = make_engine(str(path))
+    Base.metadata.create_all(engine)
+    now = datetime.now(UTC)
+    registered = now - timedelta(hours=1)
+    # Far in the future: never inactive, however short prune_timeout is (phase B).
+    active = now + timedelta(days=1)
+    keys = [generate_keypair() for _ in range(size)]
+    addresses = random_addresses(subnet, server, size)
+    rows = [
+        {
+            "id": i + 1,
+            "fleet": fleet,
+            "address": str(address),
+            "public_key": key.public_key,
+            "hostname": f"h{i + 1}",
+            "requested_hostname": f"h{i + 1}",
+            "source_ip": f"198.18.{(i >> 8) & 255}.{i & 255}",
+            "registered_at": registered,
+            "last_seen": active,
+            "last_handshake": None,
+            "last_active": active,
+        }
+        for i, (key, address) in enumerate(zip(keys, addresses, strict=True))
+    ]
+    with engine.begin() as connection:
+        for start in range(0, size, 10_000):
+            connection.execute(insert(Client.__table__), rows[start : start + 10_000])
+    engine.dispose()  # the last connection closed: WAL checkpointed into the file
+    server_key = generate_keypair()
+    fleet_settings = FleetConfig.model_validate(settings)
+    return Seed(
+        fleet=fleet,
+        settings=settings,
+        database=path,
+        names=[(fleet, row["address"], row["hostname"]) for row in rows],
+        tunnel_private_key=keys[0].private_key,  # row id 1: never among the pruned 10%
+        tunnel_public_key=keys[0].public_key,
+        tunnel_address=addresses[0],
+        server_public_key=server_key.public_key,
+        server_config=render_server_config(server_key.private_key, fleet_settings),
+        seconds=time.monotonic() - started,
+    )
+
+
+def scrape(namespace: Namespace, port: int, fleet: str) -> tuple[float, float, float]:
+    """(prune duration sum, pass count, pruned total) from /metrics."""
+    status, text, _ = curl(namespace, f"http://[::1]:{port}/metrics", timeout=30)
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}: {text[:200]}")
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return (
+        values["wg_fleet_prune_duration_seconds_sum"],
+        values["wg_fleet_prune_duration_seconds_count"],
+        values.get(f'wg_fleet_pruned_total{{fleet="{fleet}"}}', 0.0),
+    )
+
+
+def next_pass(
+    namespace: Namespace,
+    service: Service,
+    port: int,
+    fleet: str,
+    previous: tuple[float, float, float],
+    timeout: float,
+    accept: Callable[[float], bool],
+) -> tuple[float, tuple[float, float, float], bool]:
+    """Scrape until a pass whose pruned-count growth satisfies `accept` ends.
+
+    Returns (that pass's duration, the scrape after it, whether it was isolated, i.e.
+    the only pass in its scrape interval).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        service.check_alive()
+        current = scrape(namespace, port, fleet)
+        passes = current[1] - previous[1]
+        if passes >= 1 and accept(current[2] - previous[2]):
+            return (current[0] - previous[0]) / passes, current, passes == 1
+        if passes >= 1:
+            previous = current
+    raise RuntimeError(f"no matching pruning pass within {timeout:g} s")
+
+
+def in_process_hosts(seed_: Seed, directory: Path) -> float:
+    """render_hosts + write_if_changed over every named row, as the service does it."""
+    path = directory / "hosts-inprocess"
+    path.unlink(missing_ok=True)
+    started = time.perf_counter()
+    text = render_hosts(seed_.names, DOMAIN)
+    write_if_changed(path, text, 0o644)
+    return time.perf_counter() - started
+
+
+@dataclass
+class ScaleRun:
+    startup_s: float = 0.0
+    fleet_page_ms: float = 0.0
+    fleet_page_first_ms: float = 0.0
+    hosts_ms: float = 0.0
+    hosts_inprocess_ms: float = 0.0
+    prune_empty_s: float = 0.0
+    prune_remove_s: float = 0.0
+    prune_isolated: bool = True
+    rss_mb: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed, list[ScaleRun]]:
+    log(f"scale {size}: seeding {size} clients")
+    seeded = seed(work, size, number)
+    log(f"scale {size}: seeded in {seeded.seconds:.1f} s")
+    fleet, settings = seeded.fleet, seeded.settings
+    interface = f"wg_{fleet}"
+    lab.interfaces.append(interface)
+    state = work / f"scale-{size}"
+    (state / "wireguard").mkdir(parents=True)
+    conf = state / "wireguard" / f"{interface}.conf"
+    conf.write_text(seeded.server_config)
+    conf.chmod(0o600)
+    config_a, config_b = state / "config-a.yaml", state / "config-b.yaml"
+    write_config(
+        config_a, state, fleet, settings, SCALE_PORT, prune_timeout="1d", prune_interval="1h"
+    )
+    write_config(
+        config_b, state, fleet, settings, SCALE_PORT, prune_timeout="2s", prune_interval="1s"
+    )
+    base = f"http://[::1]:{SCALE_PORT}"
+    hosts_file = state / "hosts"
+
+    tunnel_ns = lab.clients[0].namespace if lab.clients else lab.client().namespace
+    tunnel = harness.Client(tunnel_ns, "", config_dir=state)
+    lab.interfaces.append(tunnel.interface)
+    tunnel_config = (
+        f"[Interface]\nPrivateKey = {seeded.tunnel_private_key}\n"
+        f"Address = {seeded.tunnel_address}/128\n\n"
+        f"[Peer]\nPublicKey = {seeded.server_public_key}\n"
+        f"Endpoint = {SERVER_V4}:{settings['port']}\nAllowedIPs = {settings['ip6']}/128\n"
+    )
+    ping_url = f"http://[{settings['ip6']}]:{SCALE_PORT}/fleet/{fleet}/ping"
+
+    runs = []
+    for rep in range(reps):
+        run = ScaleRun()
+        database = state / "clients.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(seeded.database, database)
+        delete_interface(lab, interface)
+
+        # Phase A: start-up with the interface flushed, fleet page, hosts file.
+        service = wg_fleet(lab, config_a, state / f"wg-fleet-{rep}a.log")
+        service.start()
+        healthy = wait_answering(lab.server, service, f"{base}/health", 120)
+        # Start-up is over when both hold; the time of the check that saw the last one
+        # (not the end of our own `wg show`) counts.
+        deadline = time.monotonic() + 120
+        checked = healthy
+        while (peers := peer_count(lab, interface)) != size:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{interface} holds {peers} peers, not {size}")
+            time.sleep(0.05)
+            checked = time.monotonic() - service.started
+        run.startup_s = checked
+        if checked > healthy:
+            run.notes.append(f"/health 200 after {healthy:.2f} s, before all peers were back")
+
+        pages = []
+        for _ in range(6):
+            status, _, seconds = curl(lab.server, f"{base}/fleet/{fleet}")
+            assert status == 200, f"fleet page answered {status}"
+            pages.append(seconds * 1000)
+        run.fleet_page_first_ms = pages[0]
+        run.fleet_page_ms = statistics.median(pages[1:])
+
+        tunnel.up(tunnel_config)
+        tunnel.can_ping(settings["ip6"])
+        renames = []
+        for k in range(3):
+            name = f"renamed-{rep}-{k}"
+            needle = f" {name}.{fleet}.{DOMAIN}\n"
+            started = time.monotonic()
+            ping = subprocess.Popen(
+                in_ns(
+                    tunnel_ns,
+                    "curl",
+                    "-sS",
+                    "-m",
+                    "30",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-H",
+                    "Content-Type: application/json",
+                    "--data-binary",
+                    json.dumps({"hostname": name}),
+                    ping_url,
+                ),
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            deadline = started + 30
+            while needle not in hosts_file.read_text():
+                if time.monotonic() > deadline:
+                    ping.kill()
+                    raise RuntimeError(f"{name} never reached {hosts_file}")
+                time.sleep(0.002)
+            renames.append((time.monotonic() - started) * 1000)
+            out, _ = ping.communicate(timeout=30)
+            assert out == "200", f"rename ping answered {out}"
+        run.hosts_ms = statistics.median(renames)
+        tunnel.down()
+        run.hosts_inprocess_ms = in_process_hosts(seeded, state) * 1000
+        rss_a = service.peak_rss_mb()
+        service.stop()
+
+        # Phase B: pruning passes every second; every row stays active until we age 10%.
+        service = wg_fleet(lab, config_b, state / f"wg-fleet-{rep}b.log")
+        service.start()
+        wait_answering(lab.server, service, f"{base}/health", 120)
+        previous = scrape(lab.server, SCALE_PORT, fleet)
+        _, previous, _ = next_pass(
+            lab.server, service, SCALE_PORT, fleet, previous, 60, lambda pruned: pruned == 0
+        )
+        run.prune_empty_s, previous, isolated = next_pass(
+            lab.server, service, SCALE_PORT, fleet, previous, 60, lambda pruned: pruned == 0
+        )
+        run.prune_isolated &= isolated
+        old = datetime.now(UTC) - timedelta(days=2)
+        engine = make_engine(str(database))
+        table = Client.__table__
+        with engine.begin() as connection:
+            aged = connection.execute(
+                update(table)
+                .where(table.c.id % 10 == 5)
+                .values(registered_at=old, last_seen=old, last_active=old, last_handshake=None)
+            ).rowcount
+        engine.dispose()
+        run.prune_remove_s, previous, isolated = next_pass(
+            lab.server,
+            service,
+            SCALE_PORT,
+            fleet,
+            previous,
+            60,
+            lambda pruned, aged=aged: pruned >= aged,
+        )
+        run.prune_isolated &= isolated
+        if not run.prune_isolated:
+            run.notes.append("a prune figure is the mean of two passes in one scrape interval")
+        remaining = peer_count(lab, interface)
+        if remaining != size - aged:
+            run.notes.append(f"after pruning {remaining} peers, expected {size - aged}")
+        run.rss_mb = max(rss_a, service.peak_rss_mb())
+        service.stop()
+        runs.append(run)
+        log(
+            f"scale {size} {rep + 1}/{reps}: start-up {run.startup_s:.2f} s, "
+            f"prune empty {run.prune_empty_s:.3f} s, remove {aged} {run.prune_remove_s:.3f} s, "
+            f"fleet page {run.fleet_page_ms:.0f} ms (first {run.fleet_page_first_ms:.0f}), "
+            f"hosts {run.hosts_ms:.0f} ms (in-process {run.hosts_inprocess_ms:.0f}), "
+            f"RSS {run.rss_mb:.0f} MB; {'; '.join(run.notes)}"
+        )
+    delete_interface(lab, interface)
+    return seeded, runs
+
+
+# ---------------------------------------------------------------- report
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def fmt(value: float, unit: str) -> str:
+    if unit == "req/s":
+        return f"{value:,.0f} req/s"
+    if unit == "ms":
+        return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value}"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        total_kb = int(Path("/proc/meminfo").read_text().split()[1])
+        memory = f", {total_kb / 1024 / 1024:.0f} GiB RAM"
+    return (
+        f"{os.cpu_count()} CPUs ({model}){memory}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, wireguard-go; load average before the run "
+        f"{LOAD_BEFORE}"
+    )
+
+
+def revision() -> str:
+    """The commit measured, marked when the work tree differs from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown commit"
+    return f"commit {commit}" + (" with local changes" if dirty else "")
+
+
+def report(
+    throughput_results: dict[str, list[dict[str, float]]] | None,
+    scale_results: dict[int, list[ScaleRun]],
+    command: str,
+    reps: int,
+    seconds: int,
+) -> str:
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+
+    def ok(good: bool) -> str:
+        return "yes" if good else "**NO**"
+
+    if throughput_results:
+        for kind, target_ratio in (("register", "register_ratio"), ("ping", "ping_ratio")):
+            mine, base = throughput_results[kind], throughput_results[f"{kind}_baseline"]
+            rps, base_rps = median([r["rps"] for r in mine]), median([r["rps"] for r in base])
+            ratio = rps / base_rps
+            where = "over the LAN" if kind == "register" else "through the tunnel"
+            errors = sum(r["errors"] for r in mine)
+            label = f"{kind} throughput ({where})" + (f" — {errors:.0f} errors" if errors else "")
+            rows.append(
+                (
+                    label,
+                    fmt(rps, "req/s"),
+                    fmt(base_rps, "req/s"),
+                    f"{ratio:.2f}×",
+                    f"≥ {TARGETS[target_ratio]:.2f}×",
+                    ok(ratio >= TARGETS[target_ratio]),
+                    "",
+                )
+            )
+            for pct in ("p50", "p99"):
+                value = median([r[f"{pct}_ms"] for r in mine])
+                base_value = median([r[f"{pct}_ms"] for r in base])
+                target = f"≤ {TARGETS['p99_ms']:.0f} ms" if pct == "p99" else ""
+                good = ok(value <= TARGETS["p99_ms"]) if pct == "p99" else ""
+                rows.append(
+                    (
+                        f"{kind} latency {pct}",
+                        fmt(value, "ms"),
+                        fmt(base_value, "ms"),
+                        f"{value / base_value:.1f}× slower" if base_value else "",
+                        target,
+                        good,
+                        "",
+                    )
+                )
+
+    figures = (
+        ("start-up, interface flushed (all peers restored)", "startup_s", "s", "startup_s"),
+        ("prune pass, nothing to prune", "prune_empty_s", "s", "prune_empty_s"),
+        ("prune pass removing 10%", "prune_remove_s", "s", "prune_remove_s"),
+        ("fleet page GET /fleet/<f>", "fleet_page_ms", "ms", "fleet_page_ms"),
+        ("fleet page, first request (cold wg status)", "fleet_page_first_ms", "ms", None),
+        ("hosts file: rename ping → file updated", "hosts_ms", "ms", None),
+        ("hosts file: render + write in-process", "hosts_inprocess_ms", "ms", None),
+        ("peak RSS of the python process", "rss_mb", "MB", "rss_mb"),
+    )
+    sizes = sorted(scale_results)
+    for label, attribute, unit, target_key in figures:
+        values = {n: median([getattr(r, attribute) for r in scale_results[n]]) for n in sizes}
+        for n in sizes:
+            target, good = "", ""
+            if target_key and n == 50_000:
+                target = f"≤ {TARGETS[target_key]:g} {unit}"
+                good = ok(values[n] <= TARGETS[target_key])
+            if target_key == "prune_remove_s" and n == 50_000:
+                target = "≤ 2 s (5,000)"
+            factor = ""
+            if n != sizes[0]:
+                first = values[sizes[0]]
+                factor = f"{values[n] / first:.1f}×" if first else ""
+            rows.append(
+                (
+                    f"{label}, {n:,} clients",
+                    fmt(values[n], unit),
+                    "—",
+                    "—",
+                    target,
+                    good,
+                    factor,
+                )
+            )
+
+    header = (
+        "metric",
+        "wg-fleet",
+        "baseline",
+        "ratio",
+        "target",
+        "met",
+        f"{sizes[0] // 1000}k→{sizes[-1] // 1000}k" if len(sizes) > 1 else "scaling",
+    )
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    extra = [
+        "",
+        f"Medians of {reps} run(s)"
+        + (
+            f"; throughput at {CONNECTIONS} connections, {THREADS} wrk threads, {seconds} s "
+            f"per run after a {WARMUP_SECONDS} s warm-up."
+            if throughput_results
+            else "."
+        ),
+        f"Machine: {machine()}.",
+        f"Command: `{command}`, at {revision()}.",
+    ]
+    if throughput_results:
+        peers = throughput_results["peers_at_end"][0]["value"]
+        extra.append(
+            f"The register runs (warm-ups included) left {peers:,.0f} peers on the fleet's "
+            "interface; every registration in them added a new client."
+        )
+    if len(sizes) > 1:
+        extra.append(
+            f"Scaling column: the {sizes[-1] // 1000}k figure over the {sizes[0] // 1000}k one "
+            f"({sizes[-1] // sizes[0]}× the clients; ≤ {sizes[-1] // sizes[0]}.0× is linear or "
+            "better)."
+        )
+    return "\n".join(lines + extra)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10,000 clients only, one run each")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
+    parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--sizes", help="comma-separated client counts (default 10000,50000)")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every sample to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    arguments = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench/run needs root (network namespaces, WireGuard interfaces).", file=sys.stderr)
+        return 1
+    reps = arguments.reps or (1 if arguments.quick else 3)
+    if arguments.sizes:
+        sizes = [int(s) for s in arguments.sizes.split(",")]
+    else:
+        sizes = [10_000] if arguments.quick else [10_000, 50_000]
+    command = "sudo bench/run" + (" --quick" if arguments.quick else "")
+    extra_args = [a for a in sys.argv[1:] if a != "--quick"]
+    if extra_args:
+        command += " " + " ".join(extra_args)
+
+    global LOAD_BEFORE
+    LOAD_BEFORE = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    work = Path(tempfile.mkdtemp(prefix="wg-fleet-bench-"))
+    work.chmod(0o755)
+    lab = Lab(work)
+    started = time.monotonic()
+    try:
+        throughput_results = None
+        if not arguments.skip_throughput:
+            throughput_results = throughput(lab, work, reps, arguments.seconds)
+        scale_results: dict[int, list[ScaleRun]] = {}
+        for number, size in enumerate(sizes, start=2):
+            _, scale_results[size] = scale(lab, work, size, number, reps)
+    finally:
+        lab.close()
+        if arguments.keep:
+            log(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"finished in {time.monotonic() - started:.0f} s")
+    if arguments.json:
+        arguments.json.write_text(
+            json.dumps(
+                {
+                    "throughput": throughput_results,
+                    "scale": {n: [vars(r) for r in runs] for n, runs in scale_results.items()},
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    print(report(throughput_results, scale_results, command, reps, arguments.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
