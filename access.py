@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from addresses import IPAddress, is_trusted
@@ -76,19 +77,12 @@ class AdminAuth:
         if self._allows(header):
             await self.app(scope, receive, send)
             return
-        body = b'{"detail":"Admin credentials are required (HTTP Basic)."}'
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Basic realm="wg-fleet", charset="UTF-8"'),
-                ],
-            }
+        refusal = JSONResponse(
+            {"detail": "Admin credentials are required (HTTP Basic)."},
+            status_code=401,
+            headers={"WWW-Authenticate": 'Basic realm="wg-fleet", charset="UTF-8"'},
         )
-        await send({"type": "http.response.body", "body": body})
+        await refusal(scope, receive, send)
 
     def _allows(self, header: bytes) -> bool:
         scheme, _, encoded = header.partition(b" ")

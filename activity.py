@@ -15,10 +15,10 @@ import logging
 from collections.abc import Iterator
 from datetime import datetime
 
-from sqlalchemy import bindparam, case, update
+from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
-from database import CLIENTS, Database, UTCDateTime
+from database import CLIENTS, Database, UTCDateTime, advanced
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def store_activity(session: Session, pending: dict[tuple[str, str], datetime]) -
         update(CLIENTS)
         .where(CLIENTS.c.fleet == bindparam("in_fleet"), CLIENTS.c.address == bindparam("at"))
         .values(
-            last_seen=case((CLIENTS.c.last_seen < moment, moment), else_=CLIENTS.c.last_seen),
-            last_active=case((CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active),
+            last_seen=advanced(CLIENTS.c.last_seen, moment),
+            last_active=advanced(CLIENTS.c.last_active, moment),
         )
         .execution_options(synchronize_session=False),
         [

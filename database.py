@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     Dialect,
     Engine,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    case,
     create_engine,
     event,
 )
@@ -153,3 +155,8 @@ class Database:
 
 # The table itself, for Core statements that update many rows in one executemany.
 CLIENTS: Table = Client.__table__  # type: ignore[assignment]
+
+
+def advanced(column: ColumnElement[datetime], moment: Any) -> ColumnElement[datetime]:
+    """SQL for `max(column, moment)`: times only ever move forward (portable, no GREATEST)."""
+    return case((column < moment, moment), else_=column)

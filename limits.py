@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 16 * 1024
-TOO_LARGE = json.dumps({"detail": f"The request body is larger than {MAX_BODY} bytes."}).encode()
+TOO_LARGE = JSONResponse(
+    {"detail": f"The request body is larger than {MAX_BODY} bytes."},
+    status_code=413,
+    headers={"Connection": "close"},
+)
 
 
 class BodyTooLarge(Exception):
@@ -28,7 +30,7 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await self._refuse(send)
+            await TOO_LARGE(scope, receive, send)
             return
         received = 0
         response_started = False
@@ -51,19 +53,4 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not response_started:
-                await self._refuse(send)
-
-    @staticmethod
-    async def _refuse(send: Any) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(TOO_LARGE)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": TOO_LARGE})
+                await TOO_LARGE(scope, receive, send)

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import bindparam, case, delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from activity import store_activity
 from context import AppContext
-from database import CLIENTS, UTCDateTime
+from database import CLIENTS, UTCDateTime, advanced
 from reconcile import plan_peers
 from wireguard import InterfaceDump, interface_name
 
@@ -107,9 +107,7 @@ def store_sweep(
             .where(CLIENTS.c.public_key == bindparam("key"))
             .values(
                 last_handshake=moment,
-                last_active=case(
-                    (CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active
-                ),
+                last_active=advanced(CLIENTS.c.last_active, moment),
             ),
             [
                 {"key": key, "moment": datetime.fromtimestamp(epoch, UTC)}

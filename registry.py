@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv6Address
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
 from command import CommandError
 from config import Config, FleetConfig
-from database import CLIENTS, Database, UTCDateTime
+from database import CLIENTS, Database, UTCDateTime, advanced
 from errors import (
     Busy,
     FleetFull,
@@ -157,10 +157,8 @@ def _store_batch(
             .where(CLIENTS.c.public_key == bindparam("key"))
             .values(
                 source_ip=bindparam("source"),
-                last_seen=case((CLIENTS.c.last_seen < moment, moment), else_=CLIENTS.c.last_seen),
-                last_active=case(
-                    (CLIENTS.c.last_active < moment, moment), else_=CLIENTS.c.last_active
-                ),
+                last_seen=advanced(CLIENTS.c.last_seen, moment),
+                last_active=advanced(CLIENTS.c.last_active, moment),
             ),
             [{"key": key, "source": source_of[key], "moment": now} for key in refreshed],
         )
