@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -10,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from sqlalchemy import case, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from context import AppContext
@@ -19,7 +20,7 @@ from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
 from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
 from routes import ContextDep, TemplatesDep
-from status import ONLINE_WINDOW, count_online
+from status import ONLINE_WINDOW
 from wireguard import interface_name
 
 router = APIRouter()
@@ -29,23 +30,44 @@ MAX_PAGE = 1000
 REFRESH_SECONDS = 15
 
 
-def count_clients(session: Session, online_since: datetime) -> dict[str, tuple[int, int, int]]:
-    """Per fleet: clients, clients with a hostname, and clients whose stored handshake is
-    newer than `online_since` — in one query."""
-    recent = case((Client.last_handshake >= online_since, 1))
-    rows = session.execute(
-        select(
-            Client.fleet, func.count(Client.id), func.count(Client.hostname), func.count(recent)
-        ).group_by(Client.fleet)
-    )
-    return {fleet: (total, named, online) for fleet, total, named, online in rows}
+def count_clients(
+    session: Session, online_since: datetime, remote: Collection[str]
+) -> dict[str, tuple[int, int, int]]:
+    """Per fleet: clients, clients with a hostname and, for the `remote` fleets (run by
+    other nodes), clients whose stored handshake is newer than `online_since`.
+
+    The totals are read from the (fleet, hostname) index alone. Recent handshakes are
+    found through the (fleet, last_active) index: last_active is never older than
+    last_handshake, so only the recently active rows are read.
+    """
+    totals = session.execute(
+        select(Client.fleet, func.count(Client.id), func.count(Client.hostname)).group_by(
+            Client.fleet
+        )
+    ).all()
+    recent: dict[str, int] = {}
+    if remote:
+        rows = session.execute(
+            select(Client.fleet, func.count(Client.id))
+            .where(
+                Client.fleet.in_(list(remote)),
+                Client.last_active >= online_since,
+                Client.last_handshake >= online_since,
+            )
+            .group_by(Client.fleet)
+        )
+        recent = {fleet: count for fleet, count in rows}
+    return {fleet: (total, named, recent.get(fleet, 0)) for fleet, total, named in totals}
 
 
 async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
     """Every configured fleet. Online counts come from the interface for this node's
     fleets, and from the handshakes their own node stored for the others."""
     now = context.clock()
-    counts = await context.database.read(partial(count_clients, online_since=now - ONLINE_WINDOW))
+    remote = set(context.config.fleets) - set(context.config.local_fleets)
+    counts = await context.database.read(
+        partial(count_clients, online_since=now - ONLINE_WINDOW, remote=remote)
+    )
     summaries = []
     for name, settings in context.config.fleets.items():
         total, named, stored_online = counts.get(name, (0, 0, 0))
@@ -58,9 +80,7 @@ async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
                 subnet=str(settings.subnet),
                 endpoint=settings.endpoint,
                 clients=total,
-                online=count_online(await context.status.dump(name), now)
-                if local
-                else stored_online,
+                online=await context.status.online(name, now) if local else stored_online,
                 named=named,
             )
         )

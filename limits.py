@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -13,8 +14,12 @@ TOO_LARGE = JSONResponse(
 )
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while a body streams in. An HTTPException, so that FastAPI — which turns
+    any other error met while reading a body into a 400 — lets it through as a 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"The request body is larger than {MAX_BODY} bytes.")
 
 
 class BodySizeLimit:

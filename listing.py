@@ -13,10 +13,10 @@ import binascii
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, literal, select, tuple_, union_all
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from database import Client
@@ -61,19 +61,48 @@ class Cursor:
 
     @classmethod
     def decode(cls, text: str, sort: Sort) -> Cursor:
+        """Raises `InvalidCursor` for anything `encode` did not make for `sort`."""
         try:
             payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
             cursor_sort, segment, values, backwards = payload
-            shape = segments(cursor_sort)[segment]
-        except (ValueError, TypeError, IndexError, KeyError, binascii.Error):
+        except (ValueError, TypeError, binascii.Error):
             raise InvalidCursor("The cursor is not one this server handed out.") from None
-        if cursor_sort != sort or len(values) != len(shape.keys):
+        if cursor_sort != sort and cursor_sort in SORTS:
             raise InvalidCursor("The cursor belongs to another sort order; start again.")
-        key = tuple(
-            datetime.fromisoformat(v) if column is Client.last_active else v
-            for v, column in zip(values, shape.keys, strict=True)
-        )
-        return cls(sort, segment, key, bool(backwards))
+        shapes = segments(sort)
+        if (
+            cursor_sort != sort
+            or type(segment) is not int
+            or not 0 <= segment < len(shapes)
+            or type(backwards) is not bool
+            or not isinstance(values, list)
+            or len(values) != len(shapes[segment].keys)
+        ):
+            raise InvalidCursor("The cursor is not one this server handed out.")
+        try:
+            key = tuple(
+                _key_value(column, value)
+                for value, column in zip(values, shapes[segment].keys, strict=True)
+            )
+        except (ValueError, TypeError):
+            raise InvalidCursor("The cursor is not one this server handed out.") from None
+        return cls(sort, segment, key, backwards)
+
+
+def _key_value(column: InstrumentedAttribute[Any], value: Any) -> Any:
+    """A cursor's JSON value as the column's Python type; TypeError/ValueError if it is not."""
+    if column is Client.id:
+        if type(value) is not int:
+            raise TypeError("id")
+        return value
+    if not isinstance(value, str):
+        raise TypeError(column.key)
+    if column is Client.last_active:
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            raise ValueError("naive time")
+        return moment.astimezone(UTC)
+    return value
 
 
 @dataclass(frozen=True)
@@ -88,18 +117,27 @@ def prefix_range(column: InstrumentedAttribute[Any], prefix: str) -> ColumnEleme
     return and_(column >= prefix, column < prefix + "\U0010ffff")
 
 
-def search_filter(q: str) -> ColumnElement[bool]:
-    """Hostname, address or public-key prefix."""
-    return or_(
-        prefix_range(Client.hostname, q.lower()),
-        prefix_range(Client.address, q.lower()),
-        prefix_range(Client.public_key, q),
+def search_filter(fleet: str, q: str) -> ColumnElement[bool]:
+    """Hostname, address or public-key prefix, as `id IN (three index range scans)`.
+
+    An OR of the three ranges would be tested row by row along the sort's index, reading
+    every row of the fleet when little matches; here each range is a slice of its own
+    index. Keys are unique across fleets, so the key's index needs no fleet.
+    """
+    low = q.lower()
+    return Client.id.in_(
+        union_all(
+            select(Client.id).where(Client.fleet == fleet, prefix_range(Client.hostname, low)),
+            select(Client.id).where(Client.fleet == fleet, prefix_range(Client.address, low)),
+            select(Client.id).where(prefix_range(Client.public_key, q)),
+        )
     )
 
 
 def _beyond(segment: Segment, key: Sequence[Any], backwards: bool) -> ColumnElement[bool]:
     columns = tuple_(*segment.keys)
-    values = tuple_(*key)
+    # Bound with the columns' types, so a time goes through UTCDateTime like stored ones.
+    values = tuple_(*(literal(v, c.type) for c, v in zip(segment.keys, key, strict=True)))
     after = columns < values if segment.descending else columns > values
     before = columns > values if segment.descending else columns < values
     return before if backwards else after
@@ -133,7 +171,7 @@ def select_page(
         shape = shapes[index]
         query = select(Client).where(Client.fleet == fleet, shape.where)
         if q:
-            query = query.where(search_filter(q))
+            query = query.where(search_filter(fleet, q))
         if cursor is not None and index == cursor.segment:
             query = query.where(_beyond(shape, cursor.key, backwards))
         query = query.order_by(*_ordered(shape, backwards)).limit(limit + 1 - len(found))

@@ -249,6 +249,11 @@ class Registry:
         or `WireGuardUnavailable`; after any of them nothing of this request remains.
         """
         settings = self.fleet(fleet)
+        if public_key is not None and public_key in self._server_keys.values():
+            raise KeyInOtherFleet(
+                "This public key is a wg-fleet server's own key; a client needs a key pair "
+                "of its own."
+            )
         keys = generate_keypair() if public_key is None else None
         key = keys.public_key if keys is not None else str(public_key)
         request = _Request(key, str(source_ip), asyncio.get_running_loop().create_future())
@@ -313,6 +318,11 @@ class Registry:
                 if created:
                     keys = [key for key, _ in created]
                     await self._database.write(lambda session: delete_keys(session, keys))
+                    # `wg addconf` may have applied some peers before it failed.
+                    try:
+                        await self._wireguard.remove_peers(fleet, keys)
+                    except CommandError as cleanup:
+                        logger.error("fleet %s: could not remove peers: %s", fleet, cleanup)
                 logger.error("registration in fleet %s failed: %s", fleet, error)
                 failure = WireGuardUnavailable(
                     "WireGuard could not add the peer; nothing was registered. Try again later."

@@ -80,6 +80,7 @@ class RegisterResponse(BaseModel):
     "/fleet/{fleet}/register",
     response_model=RegisterResponse,
     responses={
+        400: {"description": "The body cannot be read (not UTF-8, or nested too deeply)."},
         401: {"description": "The fleet's registration_token was not sent."},
         403: {"description": "The source address is not in the fleet's register_from."},
         404: {"description": "Unknown fleet."},
@@ -161,6 +162,7 @@ def _is_address(text: str, expected: IPv6Address) -> bool:
     "/fleet/{fleet}/ping",
     response_model=PingResponse,
     responses={
+        400: {"description": "The body cannot be read, or the source is not an IP address."},
         403: {"description": "Not sent through the fleet's tunnel to the fleet's address."},
         404: {"description": "Unknown fleet, or no client registered at the source address."},
         413: {"description": "The request body is larger than 16 KiB."},

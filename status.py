@@ -4,9 +4,10 @@ few seconds, shared by every caller, never one call per client."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from command import CommandError
@@ -33,6 +34,14 @@ def count_online(dump: InterfaceDump | None, now: datetime) -> int:
 class _Entry:
     dump: InterfaceDump | None
     taken_at: float
+    # Sorted, so that counting the online peers is a bisection, not a pass over them all.
+    handshakes: list[int] = field(default_factory=list)
+
+
+def _entry(dump: InterfaceDump | None) -> _Entry:
+    peers = dump.peers.values() if dump else ()
+    epochs = sorted(peer.handshake_epoch for peer in peers if peer.handshake_epoch > 0)
+    return _Entry(dump, time.monotonic(), epochs)
 
 
 class StatusCache:
@@ -50,7 +59,7 @@ class StatusCache:
 
     def store(self, fleet: str, dump: InterfaceDump) -> None:
         """Keep a dump taken elsewhere (the pruning pass), saving a `wg` call."""
-        self._entries[fleet] = _Entry(dump, time.monotonic())
+        self._entries[fleet] = _entry(dump)
 
     async def dump(self, fleet: str) -> InterfaceDump | None:
         """The fleet's latest dump. An expired one is still answered at once while a
@@ -65,6 +74,13 @@ class StatusCache:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return entry.dump
+
+    async def online(self, fleet: str, now: datetime) -> int:
+        """How many of the fleet's peers had a handshake under 3 minutes before `now`."""
+        await self.dump(fleet)
+        entry = self._entries[fleet]
+        cutoff = (now - ONLINE_WINDOW).timestamp()
+        return len(entry.handshakes) - bisect.bisect_right(entry.handshakes, cutoff)
 
     async def close(self) -> None:
         """Cancel background refreshes still under way (at shutdown)."""
@@ -83,5 +99,5 @@ class StatusCache:
             except (CommandError, ValueError) as error:
                 logger.warning("cannot read the status of fleet %s: %s", fleet, error)
                 dump = None
-            self._entries[fleet] = _Entry(dump, time.monotonic())
+            self._entries[fleet] = _entry(dump)
             return dump

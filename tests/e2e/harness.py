@@ -153,6 +153,9 @@ class Lab:
         self.interfaces: list[str] = []
         self.server = self._namespace("s")
         self.server.run("ip", "link", "add", "br0", "type", "bridge")
+        # A fixed address: a bridge otherwise takes its lowest port's MAC, which changes
+        # as hosts join, stalling tunnels that already carry traffic.
+        self.server.run("ip", "link", "set", "br0", "address", "02:00:00:00:00:01")
         self.server.run("ip", "addr", "add", f"{SERVER_V4}/24", "dev", "br0")
         self.server.run("ip", "addr", "add", f"{SERVER_V6}/64", "dev", "br0", "nodad")
         self.server.run("ip", "link", "set", "br0", "up")
