@@ -30,6 +30,11 @@ Scale (N seeded clients, each with a real key, an address and a hostname):
                pass after start-up; "remove 10%" is the pass in which
                `wg_fleet_pruned_total` grows by N/10 after 10% of the rows were made old.
   peak RSS     VmHWM of the python process (not wireguard-go), the larger of A and B.
+
+Database: an SQLite file by default. With --postgres, wg-fleet's `database` is a fresh
+database on a PostgreSQL cluster started for the run and removed at the end (see
+backends.py); the scale section is then skipped unless --sizes is given, and runs on
+PostgreSQL when it is. The table's title names the backend.
 """
 
 from __future__ import annotations
@@ -38,7 +43,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import secrets
 import shutil
@@ -49,16 +53,19 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import insert, update
+from sqlalchemy import insert, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backends import Backend, PostgresBackend, SQLiteBackend
+from report import ScaleRun, report
 
 from config import FleetConfig
 from database import Base, Client, make_engine
@@ -84,17 +91,6 @@ CONNECTIONS = 32
 THREADS = 2
 WARMUP_SECONDS = 2
 LUA = REPO / "bench" / "post.lua"
-LOAD_BEFORE = "?"
-TARGETS = {
-    "register_ratio": 0.30,
-    "ping_ratio": 0.60,
-    "p99_ms": 100.0,
-    "startup_s": 10.0,
-    "prune_empty_s": 1.0,
-    "prune_remove_s": 2.0,
-    "fleet_page_ms": 100.0,
-    "rss_mb": 250.0,
-}
 
 
 def log(message: str) -> None:
@@ -242,6 +238,7 @@ def write_config(
     settings: dict[str, Any],
     port: int,
     *,
+    database: str,
     prune_timeout: str,
     prune_interval: str,
 ) -> None:
@@ -249,7 +246,7 @@ def write_config(
         "domain": DOMAIN,
         "prune_timeout": prune_timeout,
         "prune_interval": prune_interval,
-        "database": str(state / "clients.db"),
+        "database": database,
         "hosts_file": str(state / "hosts"),
         "wireguard_dir": str(state / "wireguard"),
         "listen": {"host": "::", "port": port},
@@ -291,14 +288,23 @@ def peer_count(lab: Lab, interface: str) -> int:
 # ---------------------------------------------------------------- throughput
 
 
-def throughput(lab: Lab, work: Path, reps: int, seconds: int) -> dict[str, list[dict[str, float]]]:
+def throughput(
+    lab: Lab, work: Path, reps: int, seconds: int, backend: Backend
+) -> dict[str, list[dict[str, float]]]:
     fleet = unique("t")
     settings = fleet_config(fleet, 1)
     state = work / "throughput"
     state.mkdir()
     config = state / "config.yaml"
     write_config(
-        config, state, fleet, settings, FLEET_PORT, prune_timeout="1d", prune_interval="1m"
+        config,
+        state,
+        fleet,
+        settings,
+        FLEET_PORT,
+        database=backend.fresh(state),
+        prune_timeout="1d",
+        prune_interval="1m",
     )
     lab.interfaces.append(f"wg_{fleet}")
     service = wg_fleet(lab, config, state / "wg-fleet.log")
@@ -352,7 +358,7 @@ def throughput(lab: Lab, work: Path, reps: int, seconds: int) -> dict[str, list[
 class Seed:
     fleet: str
     settings: dict[str, Any]
-    database: Path
+    database: str  # wg-fleet's `database` setting: a file path or a URL
     names: list[tuple[str, str, str]]  # (fleet, address, hostname) of every row
     tunnel_private_key: str
     tunnel_public_key: str
@@ -375,15 +381,15 @@ def random_addresses(subnet: IPv6Network, server: IPv6Address, count: int) -> li
     return addresses
 
 
-def seed(work: Path, size: int, number: int) -> Seed:
-    """A fresh SQLite database holding `size` clients of a new fleet (bulk Core insert)."""
+def seed(work: Path, size: int, number: int, backend: Backend) -> Seed:
+    """A fresh database holding `size` clients of a new fleet (bulk Core insert)."""
     started = time.monotonic()
     fleet = unique("s")
     settings = fleet_config(fleet, number)
     subnet = IPv6Network(settings["subnet"])
     server = IPv6Address(settings["ip6"])
-    path = work / f"seed-{size}.db"
-    engine = make_engine(str(path))
+    database = backend.seed_target(work, size)
+    engine = make_engine(database)
     Base.metadata.create_all(engine)
     now = datetime.now(UTC)
     registered = now - timedelta(hours=1)
@@ -410,13 +416,19 @@ def seed(work: Path, size: int, number: int) -> Seed:
     with engine.begin() as connection:
         for start in range(0, size, 10_000):
             connection.execute(insert(Client.__table__), rows[start : start + 10_000])
+        if engine.dialect.name == "postgresql":
+            # The ids were given, so the sequence behind them never moved: later inserts
+            # must not collide with them.
+            connection.execute(
+                text("SELECT setval(pg_get_serial_sequence('clients', 'id'), max(id)) FROM clients")
+            )
     engine.dispose()  # the last connection closed: WAL checkpointed into the file
     server_key = generate_keypair()
     fleet_settings = FleetConfig.model_validate(settings)
     return Seed(
         fleet=fleet,
         settings=settings,
-        database=path,
+        database=database,
         names=[(fleet, row["address"], row["hostname"]) for row in rows],
         tunnel_private_key=keys[0].private_key,  # row id 1: never among the pruned 10%
         tunnel_public_key=keys[0].public_key,
@@ -433,15 +445,20 @@ def scrape(namespace: Namespace, port: int, fleet: str) -> tuple[float, float, f
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}: {text[:200]}")
     values = {}
+    pruned = 0.0
     for line in text.splitlines():
         if line.startswith("#") or not line:
             continue
-        name, _, value = line.rpartition(" ")
-        values[name] = float(value)
+        series, _, value = line.rpartition(" ")
+        values[series] = float(value)
+        # Per-fleet series carry more labels than the fleet (`node`, say): match on it.
+        name, _, labels = series.partition("{")
+        if name == "wg_fleet_pruned_total" and f'fleet="{fleet}"' in labels.rstrip("}").split(","):
+            pruned += float(value)
     return (
         values["wg_fleet_prune_duration_seconds_sum"],
         values["wg_fleet_prune_duration_seconds_count"],
-        values.get(f'wg_fleet_pruned_total{{fleet="{fleet}"}}', 0.0),
+        pruned,
     )
 
 
@@ -482,23 +499,11 @@ def in_process_hosts(seed_: Seed, directory: Path) -> float:
     return time.perf_counter() - started
 
 
-@dataclass
-class ScaleRun:
-    startup_s: float = 0.0
-    fleet_page_ms: float = 0.0
-    fleet_page_first_ms: float = 0.0
-    hosts_ms: float = 0.0
-    hosts_inprocess_ms: float = 0.0
-    prune_empty_s: float = 0.0
-    prune_remove_s: float = 0.0
-    prune_isolated: bool = True
-    rss_mb: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-
-def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed, list[ScaleRun]]:
+def scale(
+    lab: Lab, work: Path, size: int, number: int, reps: int, backend: Backend
+) -> tuple[Seed, list[ScaleRun]]:
     log(f"scale {size}: seeding {size} clients")
-    seeded = seed(work, size, number)
+    seeded = seed(work, size, number, backend)
     log(f"scale {size}: seeded in {seeded.seconds:.1f} s")
     fleet, settings = seeded.fleet, seeded.settings
     interface = f"wg_{fleet}"
@@ -509,12 +514,6 @@ def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed
     conf.write_text(seeded.server_config)
     conf.chmod(0o600)
     config_a, config_b = state / "config-a.yaml", state / "config-b.yaml"
-    write_config(
-        config_a, state, fleet, settings, SCALE_PORT, prune_timeout="1d", prune_interval="1h"
-    )
-    write_config(
-        config_b, state, fleet, settings, SCALE_PORT, prune_timeout="2s", prune_interval="1s"
-    )
     base = f"http://[::1]:{SCALE_PORT}"
     hosts_file = state / "hosts"
 
@@ -532,10 +531,18 @@ def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed
     runs = []
     for rep in range(reps):
         run = ScaleRun()
-        database = state / "clients.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{database}{suffix}").unlink(missing_ok=True)
-        shutil.copyfile(seeded.database, database)
+        database = backend.copy(seeded.database, state)
+        for path, prune_timeout, prune_interval in ((config_a, "1d", "1h"), (config_b, "2s", "1s")):
+            write_config(
+                path,
+                state,
+                fleet,
+                settings,
+                SCALE_PORT,
+                database=database,
+                prune_timeout=prune_timeout,
+                prune_interval=prune_interval,
+            )
         delete_interface(lab, interface)
 
         # Phase A: start-up with the interface flushed, fleet page, hosts file.
@@ -618,7 +625,7 @@ def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed
         )
         run.prune_isolated &= isolated
         old = datetime.now(UTC) - timedelta(days=2)
-        engine = make_engine(str(database))
+        engine = make_engine(database)
         table = Client.__table__
         with engine.begin() as connection:
             aged = connection.execute(
@@ -656,199 +663,25 @@ def scale(lab: Lab, work: Path, size: int, number: int, reps: int) -> tuple[Seed
     return seeded, runs
 
 
-# ---------------------------------------------------------------- report
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def fmt(value: float, unit: str) -> str:
-    if unit == "req/s":
-        return f"{value:,.0f} req/s"
-    if unit == "ms":
-        return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
-    if unit == "s":
-        return f"{value:.2f} s"
-    if unit == "MB":
-        return f"{value:,.0f} MB"
-    return f"{value}"
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    memory = ""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        total_kb = int(Path("/proc/meminfo").read_text().split()[1])
-        memory = f", {total_kb / 1024 / 1024:.0f} GiB RAM"
-    return (
-        f"{os.cpu_count()} CPUs ({model}){memory}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, wireguard-go; load average before the run "
-        f"{LOAD_BEFORE}"
-    )
-
-
-def revision() -> str:
-    """The commit measured, marked when the work tree differs from it."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "an unknown commit"
-    return f"commit {commit}" + (" with local changes" if dirty else "")
-
-
-def report(
-    throughput_results: dict[str, list[dict[str, float]]] | None,
-    scale_results: dict[int, list[ScaleRun]],
-    command: str,
-    reps: int,
-    seconds: int,
-) -> str:
-    rows: list[tuple[str, str, str, str, str, str, str]] = []
-
-    def ok(good: bool) -> str:
-        return "yes" if good else "**NO**"
-
-    if throughput_results:
-        for kind, target_ratio in (("register", "register_ratio"), ("ping", "ping_ratio")):
-            mine, base = throughput_results[kind], throughput_results[f"{kind}_baseline"]
-            rps, base_rps = median([r["rps"] for r in mine]), median([r["rps"] for r in base])
-            ratio = rps / base_rps
-            where = "over the LAN" if kind == "register" else "through the tunnel"
-            errors = sum(r["errors"] for r in mine)
-            label = f"{kind} throughput ({where})" + (f" — {errors:.0f} errors" if errors else "")
-            rows.append(
-                (
-                    label,
-                    fmt(rps, "req/s"),
-                    fmt(base_rps, "req/s"),
-                    f"{ratio:.2f}×",
-                    f"≥ {TARGETS[target_ratio]:.2f}×",
-                    ok(ratio >= TARGETS[target_ratio]),
-                    "",
-                )
-            )
-            for pct in ("p50", "p99"):
-                value = median([r[f"{pct}_ms"] for r in mine])
-                base_value = median([r[f"{pct}_ms"] for r in base])
-                target = f"≤ {TARGETS['p99_ms']:.0f} ms" if pct == "p99" else ""
-                good = ok(value <= TARGETS["p99_ms"]) if pct == "p99" else ""
-                rows.append(
-                    (
-                        f"{kind} latency {pct}",
-                        fmt(value, "ms"),
-                        fmt(base_value, "ms"),
-                        f"{value / base_value:.1f}× slower" if base_value else "",
-                        target,
-                        good,
-                        "",
-                    )
-                )
-
-    figures = (
-        ("start-up, interface flushed (all peers restored)", "startup_s", "s", "startup_s"),
-        ("prune pass, nothing to prune", "prune_empty_s", "s", "prune_empty_s"),
-        ("prune pass removing 10%", "prune_remove_s", "s", "prune_remove_s"),
-        ("fleet page GET /fleet/<f>", "fleet_page_ms", "ms", "fleet_page_ms"),
-        ("fleet page, first request (cold wg status)", "fleet_page_first_ms", "ms", None),
-        ("hosts file: rename ping → file updated", "hosts_ms", "ms", None),
-        ("hosts file: render + write in-process", "hosts_inprocess_ms", "ms", None),
-        ("peak RSS of the python process", "rss_mb", "MB", "rss_mb"),
-    )
-    sizes = sorted(scale_results)
-    for label, attribute, unit, target_key in figures:
-        values = {n: median([getattr(r, attribute) for r in scale_results[n]]) for n in sizes}
-        for n in sizes:
-            target, good = "", ""
-            if target_key and n == 50_000:
-                target = f"≤ {TARGETS[target_key]:g} {unit}"
-                good = ok(values[n] <= TARGETS[target_key])
-            if target_key == "prune_remove_s" and n == 50_000:
-                target = "≤ 2 s (5,000)"
-            factor = ""
-            if n != sizes[0]:
-                first = values[sizes[0]]
-                factor = f"{values[n] / first:.1f}×" if first else ""
-            rows.append(
-                (
-                    f"{label}, {n:,} clients",
-                    fmt(values[n], unit),
-                    "—",
-                    "—",
-                    target,
-                    good,
-                    factor,
-                )
-            )
-
-    header = (
-        "metric",
-        "wg-fleet",
-        "baseline",
-        "ratio",
-        "target",
-        "met",
-        f"{sizes[0] // 1000}k→{sizes[-1] // 1000}k" if len(sizes) > 1 else "scaling",
-    )
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-    extra = [
-        "",
-        f"Medians of {reps} run(s)"
-        + (
-            f"; throughput at {CONNECTIONS} connections, {THREADS} wrk threads, {seconds} s "
-            f"per run after a {WARMUP_SECONDS} s warm-up."
-            if throughput_results
-            else "."
-        ),
-        f"Machine: {machine()}.",
-        f"Command: `{command}`, at {revision()}.",
-    ]
-    if throughput_results:
-        peers = throughput_results["peers_at_end"][0]["value"]
-        extra.append(
-            f"The register runs (warm-ups included) left {peers:,.0f} peers on the fleet's "
-            "interface; every registration in them added a new client."
-        )
-    if len(sizes) > 1:
-        extra.append(
-            f"Scaling column: the {sizes[-1] // 1000}k figure over the {sizes[0] // 1000}k one "
-            f"({sizes[-1] // sizes[0]}× the clients; ≤ {sizes[-1] // sizes[0]}.0× is linear or "
-            "better)."
-        )
-    return "\n".join(lines + extra)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="10,000 clients only, one run each")
     parser.add_argument("--reps", type=int, help="repetitions (default 3, 1 with --quick)")
     parser.add_argument("--seconds", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--sizes", help="comma-separated client counts (default 10000,50000)")
-    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--sizes",
+        help="comma-separated client counts (default 10000,50000; none with --postgres)",
+    )
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="only the scale section (--sizes)"
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="wg-fleet's database on PostgreSQL instead of SQLite: a throwaway cluster "
+        "started and removed by the run (needs Debian's postgresql); the scale section is "
+        "skipped unless --sizes is given, and then runs on PostgreSQL too",
+    )
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     arguments = parser.parse_args()
@@ -858,29 +691,39 @@ def main() -> int:
     reps = arguments.reps or (1 if arguments.quick else 3)
     if arguments.sizes:
         sizes = [int(s) for s in arguments.sizes.split(",")]
+    elif arguments.postgres:
+        sizes = []
     else:
         sizes = [10_000] if arguments.quick else [10_000, 50_000]
+    if arguments.skip_throughput and not sizes:
+        parser.error("--skip-throughput with --postgres leaves nothing to run: give --sizes")
     command = "sudo bench/run" + (" --quick" if arguments.quick else "")
     extra_args = [a for a in sys.argv[1:] if a != "--quick"]
     if extra_args:
         command += " " + " ".join(extra_args)
 
-    global LOAD_BEFORE
-    LOAD_BEFORE = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="wg-fleet-bench-"))
     work.chmod(0o755)
-    lab = Lab(work)
     started = time.monotonic()
+    backend: Backend = SQLiteBackend()
+    lab: Lab | None = None
     try:
+        if arguments.postgres:
+            backend = PostgresBackend()
+        log(f"database: {backend.describe()}")
+        lab = Lab(work)
         throughput_results = None
         if not arguments.skip_throughput:
-            throughput_results = throughput(lab, work, reps, arguments.seconds)
+            throughput_results = throughput(lab, work, reps, arguments.seconds, backend)
         scale_results: dict[int, list[ScaleRun]] = {}
         for number, size in enumerate(sizes, start=2):
-            _, scale_results[size] = scale(lab, work, size, number, reps)
+            _, scale_results[size] = scale(lab, work, size, number, reps, backend)
     finally:
-        lab.close()
+        if lab is not None:
+            lab.close()  # wg-fleet first: it is connected to the database
+        backend.close(work)
         if arguments.keep:
             log(f"work directory kept: {work}")
         else:
@@ -890,6 +733,7 @@ def main() -> int:
         arguments.json.write_text(
             json.dumps(
                 {
+                    "database": backend.describe(),
                     "throughput": throughput_results,
                     "scale": {n: [vars(r) for r in runs] for n, runs in scale_results.items()},
                 },
@@ -897,7 +741,21 @@ def main() -> int:
                 default=str,
             )
         )
-    print(report(throughput_results, scale_results, command, reps, arguments.seconds))
+    conditions = (
+        f"{CONNECTIONS} connections, {THREADS} wrk threads, {arguments.seconds} s per run "
+        f"after a {WARMUP_SECONDS} s warm-up"
+    )
+    print(
+        report(
+            throughput_results,
+            scale_results,
+            database=backend.describe(),
+            command=command,
+            reps=reps,
+            conditions=conditions,
+            load=load,
+        )
+    )
     return 0
 
 
