@@ -27,27 +27,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from addresses import IPAddress, is_trusted
 from config import AdminConfig, Config, FleetConfig, RateLimit
-from errors import WgFleetError
+from errors import Forbidden, TooManyRequests, Unauthorized
 
 OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping)|GET /health)$")
 RATE_LIMIT_ADDRESSES = 100_000  # addresses remembered by the rate limiter at most
 VERIFIED_CACHE = 64  # credential digests remembered after a successful argon2 check
-
-
-class Unauthorized(WgFleetError):
-    status_code = 401
-
-
-class Forbidden(WgFleetError):
-    status_code = 403
-
-
-class TooManyRequests(WgFleetError):
-    status_code = 429
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 def hash_password(password: str) -> str:

@@ -1,9 +1,13 @@
 """Domain errors. Each carries the HTTP status it maps to; its text is the user's sentence.
+(`StartupError`, at the end, is the one error that is not an answer to a request.)
 
 Error tree::
 
     WgFleetError
     ├── BadRequest             400  a request the server cannot interpret
+    ├── Unauthorized           401  the fleet's registration token is missing or wrong
+    ├── Forbidden              403  registration from outside the fleet's register_from
+    ├── TooManyRequests        429  the registration rate limit (carries Retry-After)
     ├── FleetNotFound          404  no such fleet in the configuration
     ├── ClientNotFound         404  the caller's address belongs to no registered client
     ├── NotInFleet             403  a ping from outside the fleet's tunnel
@@ -28,6 +32,22 @@ class WgFleetError(Exception):
 
 class BadRequest(WgFleetError):
     status_code = 400
+
+
+class Unauthorized(WgFleetError):
+    status_code = 401
+
+
+class Forbidden(WgFleetError):
+    status_code = 403
+
+
+class TooManyRequests(WgFleetError):
+    status_code = 429
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 class FleetNotFound(WgFleetError):
@@ -70,3 +90,7 @@ class WireGuardUnavailable(WgFleetError):
 
 class Busy(WgFleetError):
     status_code = 503
+
+
+class StartupError(Exception):
+    """Start-up cannot complete; `str()` is the sentence for the operator."""

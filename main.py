@@ -10,16 +10,14 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
-from collections.abc import AsyncIterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import prometheus_client
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,30 +26,28 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.types import ASGIApp
 
 from access import (
     AdminAuth,
     RateLimiter,
-    TooManyRequests,
-    Unauthorized,
     hash_password,
     is_loopback,
     is_unprotected,
 )
 from admin import router as admin_router
 from command import CommandError, CommandRunner, ReportingRunner, Runner
-from config import Config, ConfigError, ListenConfig, load_config
+from config import Config, ConfigError, load_config
 from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
-from errors import WgFleetError
+from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
 from reconcile import delete_outside_subnet
 from registry import Clock
 from routes import router
+from serving import QuietStartupFailure, bind_socket, serve
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -59,10 +55,6 @@ logger = logging.getLogger("wg_fleet")
 HERE = Path(__file__).resolve().parent
 CAP_NET_ADMIN = 12
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class StartupError(Exception):
-    """Start-up cannot complete; `str()` is the sentence for the operator."""
 
 
 async def start(context: AppContext) -> None:
@@ -262,51 +254,6 @@ def check_prerequisites() -> str | None:
     return None
 
 
-def bind_socket(listen: ListenConfig) -> socket.socket:
-    """A listening TCP socket; `::` answers on IPv6 and IPv4 alike (dual stack)."""
-    family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM)
-    if ":" not in listen.host and "." not in listen.host:
-        family = infos[0][0]
-    address = next(info[4] for info in infos if info[0] == family)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(address)
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-class QuietStartupFailure:
-    """Keeps uvicorn from printing a traceback when start-up fails for a known reason.
-
-    The lifespan has logged one sentence already; uvicorn still says it is exiting.
-    """
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_quietly(message: MutableMapping[str, Any]) -> None:
-            # Starlette sends the traceback as the message; for a StartupError the log
-            # already has its sentence, anything else keeps its traceback.
-            text = str(message.get("message", ""))
-            if message["type"] == "lifespan.startup.failed" and "StartupError" in text:
-                message = {"type": message["type"], "message": ""}
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_quietly)
-        except StartupError as error:
-            logger.error("%s", error)
-
-
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -337,12 +284,6 @@ def overrides_from(arguments: argparse.Namespace) -> dict[str, Any]:
         for name in names
         if (value := getattr(arguments, name)) is not None
     }
-
-
-def _exit_cleanly(signum: int, _frame: object) -> None:
-    # uvicorn re-raises the signal that stopped it once it has shut down gracefully;
-    # by then everything is closed, so that is a normal exit.
-    raise SystemExit(0)
 
 
 def read_password() -> str:
@@ -409,31 +350,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot listen on {where}: {error.strerror}", file=sys.stderr)  # noqa: T201
         return 1
     return serve(QuietStartupFailure(create_app(config)), sock, arguments.log_level)
-
-
-def serve(app: ASGIApp, sock: socket.socket, log_level: str) -> int:
-    """Run `app` on `sock` with wg-fleet's uvicorn settings until SIGTERM or SIGINT.
-
-    The benchmark's hello-world baseline is served through this same function.
-    """
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            lifespan="on",
-            proxy_headers=False,  # X-Forwarded-For is believed only from trusted_proxies
-            server_header=False,
-            loop="asyncio",  # uvloop spawned subprocesses ~6x slower here
-            http="httptools",
-            log_config=None,
-            log_level=log_level,
-            access_log=log_level == "debug",
-            timeout_graceful_shutdown=10,
-        )
-    )
-    signal.signal(signal.SIGTERM, _exit_cleanly)
-    signal.signal(signal.SIGINT, _exit_cleanly)
-    server.run(sockets=[sock])
-    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The hello-world baseline: wg-fleet's two hot endpoints, doing nothing but answer.
 
-Served through `main.serve` on a socket from `main.bind_socket`, so uvicorn runs with
+Served through `serving.serve` on a socket from `serving.bind_socket`, so uvicorn runs with
 exactly wg-fleet's settings; every throughput figure of the benchmark is a ratio to this.
 
     python bench/baseline.py PORT     (listens on `::`, dual stack)
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastapi import FastAPI
 
 from config import ListenConfig
-from main import bind_socket, serve
+from serving import bind_socket, serve
 
 app = FastAPI(title="wg-fleet benchmark baseline")
 

@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import select
 
 import main
+import serving
 from config import ListenConfig
 from database import Client
 from tests.fakes import FakeWireGuard
@@ -97,7 +98,7 @@ def test_command_line_values_win_over_the_file(tmp_path: Path) -> None:
 
 
 def test_the_default_listener_answers_on_ipv4_and_ipv6() -> None:
-    sock = main.bind_socket(ListenConfig.model_construct(host="::", port=0))
+    sock = serving.bind_socket(ListenConfig.model_construct(host="::", port=0))
     port = sock.getsockname()[1]
     try:
         for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
