@@ -42,11 +42,14 @@ from tests.e2e.harness import (
 from tests.e2e.machine import CACHE, Machine, missing_host_tools
 
 REQUIRED = os.environ.get("WG_FLEET_REQUIRE_E2E") == "1"
-FLEETS = ("east", "west")
+# Numbers 3 and 4: ports 51823-51824, clear of the example config's 51820-51821, whose
+# interfaces stay up after the config is replaced (nothing is deleted by a config edit).
+FLEETS = {"east": 3, "west": 4}
 DOMAIN = "e2e.internal"
 CHECKOUT = "/root/wg-fleet"
 WHEELS = "/root/wheels"
 OFFLINE = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELS}
+EAST_ADDRESS = fleet_config("east", FLEETS["east"])["ip6"]
 NET_ADMIN_ONLY = f"{1 << 12:016x}"
 
 
@@ -64,6 +67,14 @@ class Deployment:
 
     def healthy(self) -> bool:
         return self.api("/health")[0] == 200
+
+    def wait_healthy(self, what: str, timeout: float = 30) -> None:
+        """Wait for /health to pass; on failure, say why with the service's journal."""
+        try:
+            wait_for(self.healthy, timeout, what)
+        except AssertionError as error:
+            status = self.server.run("systemctl", "status", "--no-pager", "wg-fleet", check=False)
+            raise AssertionError(f"{error}\n{self.api('/health')}\n{status}") from None
 
     def peers(self, fleet: str) -> set[str]:
         out = self.server.run("wg", "show", f"wg_{fleet}", "peers", check=False)
@@ -129,7 +140,7 @@ def ping_result(process: subprocess.Popen[str]) -> tuple[int, int]:
 
 
 def server_config() -> str:
-    fleets = {name: fleet_config(name, number) for number, name in enumerate(FLEETS, 1)}
+    fleets = {name: fleet_config(name, number) for name, number in FLEETS.items()}
     return yaml.safe_dump({"domain": DOMAIN, "prune_timeout": "30m", "fleets": fleets})
 
 
@@ -165,7 +176,7 @@ def test_install_sh_installs_enables_and_starts_the_service(deployment: Deployme
     output = install(server, CHECKOUT)
     assert "wg-fleet is running" in output
     assert server.run("systemctl", "is-enabled", "wg-fleet").strip() == "enabled"
-    wait_for(deployment.healthy, 30, "the example config's fleets to be healthy")
+    deployment.wait_healthy("the example config's fleets to be healthy", 30)
     # The example config, written because none existed: its two fleets are up.
     assert server.run("stat", "-c", "%a", "/etc/wg-fleet.yaml").strip() == "600"
     links = server.run("ip", "-br", "link")
@@ -188,19 +199,19 @@ def test_the_configured_fleet_registers_a_client_that_pings_through(
     server = deployment.server
     server.path("/etc/wg-fleet.yaml").write_text(server_config())
     server.run("systemctl", "restart", "wg-fleet")
-    wait_for(deployment.healthy, 30, "wg-fleet to answer with the new config")
+    deployment.wait_healthy("wg-fleet to answer with the new config", 30)
     assert server.run("systemctl", "is-active", "wg-fleet").strip() == "active"
     status, body = deployment.client.register("east")
     assert status == 200, body
     assert isinstance(body, dict)
     deployment.address = body["address"]
     deployment.client.up(body["config"])
-    assert deployment.client.can_ping(fleet_config("east", 1)["ip6"])
+    assert deployment.client.can_ping(EAST_ADDRESS)
 
 
 def test_restart_keeps_every_tunnel_passing_traffic(deployment: Deployment) -> None:
     server, client = deployment.server, deployment.client
-    fleet_address = fleet_config("east", 1)["ip6"]
+    fleet_address = EAST_ADDRESS
     daemons = server.run("pidof", "wireguard-go").split()
     scopes = server.run("systemctl", "list-units", "--plain", "--no-legend", "wg-fleet-wg_*.scope")
     assert len(scopes.splitlines()) >= len(FLEETS), scopes
@@ -208,7 +219,7 @@ def test_restart_keeps_every_tunnel_passing_traffic(deployment: Deployment) -> N
     pinging = continuous_ping(client.namespace, fleet_address, seconds=10)
     time.sleep(2)  # the restart falls inside the ping
     server.run("systemctl", "restart", "wg-fleet")
-    wait_for(deployment.healthy, 30, "wg-fleet to answer after the restart")
+    deployment.wait_healthy("wg-fleet to answer after the restart", 30)
     transmitted, received = ping_result(pinging)
     assert deployment.main_pid() != before
     assert (transmitted, received) == (100, 100)
@@ -239,10 +250,10 @@ def test_after_a_reboot_the_service_starts_and_every_tunnel_works(
     server.poweroff()
     server.boot()  # the same tree, with a fresh /run
     assert server.run("systemctl", "is-enabled", "wg-fleet").strip() == "enabled"
-    wait_for(deployment.healthy, 60, "wg-fleet to start by itself after the reboot")
+    deployment.wait_healthy("wg-fleet to start by itself after the reboot", 60)
     assert server.run("systemctl", "is-active", "wg-fleet").strip() == "active"
     assert deployment.peers("east") == {key}
-    assert client.can_ping(fleet_config("east", 1)["ip6"], timeout=60)
+    assert client.can_ping(EAST_ADDRESS, timeout=60)
     journal = deployment.journal()
     assert "wg_east: up; 1 peer(s) restored, 0 unknown removed, 0 pruned" in journal
     assert "wg_west: up; 0 peer(s) restored, 0 unknown removed, 0 pruned" in journal
@@ -282,9 +293,9 @@ def test_install_sh_from_a_newer_checkout_upgrades_in_place(deployment: Deployme
     server_key = server.run("wg", "show", "wg_east", "public-key")
     peers = deployment.peers("east")
     checkout = newer_checkout(server)
-    pinging = continuous_ping(client.namespace, fleet_config("east", 1)["ip6"], seconds=10)
+    pinging = continuous_ping(client.namespace, EAST_ADDRESS, seconds=10)
     install(server, checkout)
-    wait_for(deployment.healthy, 30, "wg-fleet to answer after the upgrade")
+    deployment.wait_healthy("wg-fleet to answer after the upgrade", 30)
     transmitted, received = ping_result(pinging)
     assert (transmitted, received) == (100, 100)
     version = server.run(
@@ -302,7 +313,7 @@ def test_install_sh_from_a_newer_checkout_upgrades_in_place(deployment: Deployme
         "print(db.execute('select count(*) from clients').fetchone()[0])",
     )  # fmt: skip
     assert schema.split() == ["e2e_upgrade", "1"]
-    assert client.can_ping(fleet_config("east", 1)["ip6"])
+    assert client.can_ping(EAST_ADDRESS)
 
 
 def test_the_journal_has_one_start_up_line_per_fleet(deployment: Deployment) -> None:
@@ -310,7 +321,7 @@ def test_the_journal_has_one_start_up_line_per_fleet(deployment: Deployment) -> 
     starts = [line for line in journal.splitlines() if re.search(r"wg_\w+: up; ", line)]
     fleets = [re.search(r"wg_(\w+): up; ", line).group(1) for line in starts]  # type: ignore[union-attr]
     # This boot started the service twice (at boot, by the upgrade): one line per fleet each.
-    assert sorted(fleets) == sorted(FLEETS * 2)
+    assert sorted(fleets) == sorted(list(FLEETS) * 2)
 
 
 def test_systemd_rates_the_unit_and_enforces_its_hardening(deployment: Deployment) -> None:
@@ -382,7 +393,7 @@ def test_the_client_agent_timer_enrolls_a_machine(deployment: Deployment) -> Non
         "db.execute('delete from clients where hostname = ?', ('e2e-agent',)); db.commit()",
     )  # fmt: skip
     server.run("systemctl", "start", "wg-fleet")
-    wait_for(deployment.healthy, 30, "wg-fleet to answer")
+    deployment.wait_healthy("wg-fleet to answer", 30)
     wait_for(lambda: fqdn not in deployment.hosts_file(), 15, f"{fqdn} to leave the hosts file")
     agent.run("systemctl", "start", "wg-fleet-client.service", timeout=240)
     result = agent.run("systemctl", "show", "-p", "Result", "--value", "wg-fleet-client.service")
@@ -390,4 +401,4 @@ def test_the_client_agent_timer_enrolls_a_machine(deployment: Deployment) -> Non
     wait_for(lambda: fqdn in deployment.hosts_file(), 15, f"{fqdn} back in the hosts file")
     agent_address = deployment.hosts_file().split(fqdn)[0].split()[-1]
     assert agent_address in json.dumps(deployment.api("/api/fleets/east/clients")[1])
-    assert agent.ok("ping", "-6", "-c", "1", "-W", "5", fleet_config("east", 1)["ip6"])
+    assert agent.ok("ping", "-6", "-c", "1", "-W", "5", EAST_ADDRESS)
