@@ -32,6 +32,8 @@ MIRROR = "http://deb.debian.org/debian"
 # What a machine needs besides what install.sh installs: systemd to boot, curl and ping
 # for the client agent and the checks.
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "curl", "iputils-ping", "ca-certificates")
+# Part of the cache key: bump it when prepare() changes what a cached tree holds.
+TREE_LAYOUT = 2
 HOST_TOOLS = {"systemd-nspawn": "systemd-container", "debootstrap": "debootstrap"}
 ENVIRONMENT = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 
@@ -58,7 +60,8 @@ def missing_host_tools() -> str | None:
 def base_tree() -> Path:
     """The cached root tree for this package list, built with debootstrap when absent."""
     wanted = packages()
-    key = hashlib.sha256(f"{SUITE} {MIRROR} minbase {' '.join(wanted)}".encode()).hexdigest()
+    described = f"{TREE_LAYOUT} {SUITE} {MIRROR} minbase {' '.join(wanted)}"
+    key = hashlib.sha256(described.encode()).hexdigest()
     tree = CACHE / f"{SUITE}-{key[:12]}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with (CACHE / ".lock").open("w") as lock:
@@ -93,15 +96,10 @@ def base_tree() -> Path:
 
 
 def prepare(root: Path) -> None:
-    """What any fresh image gets before its first boot: an empty machine-id (each boot
-    makes one), root's shell, and no getty on the container's console."""
+    """What an image gets before its first boot: an empty machine-id (each boot makes one,
+    as on a cloned machine) and a host name of its own rather than the build host's."""
     (root / "etc" / "machine-id").write_text("")
     (root / "etc" / "hostname").write_text("debian\n")
-    with contextlib.suppress(FileNotFoundError):
-        (root / "etc" / "systemd" / "system" / "getty.target.wants" / "getty@tty1.service").unlink()
-    (root / "etc" / "apt" / "apt.conf.d" / "99-no-network").write_text(
-        "# The test machines have no network to a mirror: install.sh must find its packages.\n"
-    )
 
 
 class Machine:
@@ -184,11 +182,12 @@ class Machine:
                     pending += [int(c) for c in (task / "children").read_text().split()]
         return None
 
-    def command(self, *argv: str) -> list[str]:
+    def command(self, *argv: str, env: dict[str, str] | None = None) -> list[str]:
         """argv for running a command inside the machine, in a clean environment."""
         leader = self.leader()
         assert leader is not None, f"{self.name} is not running"
-        return ["nsenter", "-t", str(leader), "-a", "-r", "-w", "env", "-i", *ENVIRONMENT, *argv]
+        variables = [*ENVIRONMENT, *(f"{name}={value}" for name, value in (env or {}).items())]
+        return ["nsenter", "-t", str(leader), "-a", "-r", "-w", "env", "-i", *variables, *argv]
 
     def run(
         self,
@@ -198,12 +197,13 @@ class Machine:
         stdin: str | None = None,
         env: dict[str, str] | None = None,
     ) -> str:
-        extra = [f"{name}={value}" for name, value in (env or {}).items()]
-        full = self.command(*argv)
-        position = full.index("env") + 2 + len(ENVIRONMENT)
-        full[position:position] = extra
         result = subprocess.run(
-            full, capture_output=True, text=True, timeout=timeout, input=stdin, check=False
+            self.command(*argv, env=env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
+            check=False,
         )
         if check and result.returncode != 0:
             raise AssertionError(
