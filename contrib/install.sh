@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install or upgrade wg-fleet as a systemd service (as root):
 #   sudo contrib/install.sh
-# Puts the application in $PREFIX (default /opt/wg-fleet) with its own venv, the config in
-# $CONFIG (default /etc/wg-fleet.yaml, copied from example-config.yaml only if absent),
-# the unit in $UNIT_DIR (default /etc/systemd/system), then enables and (re)starts it.
+# Installs this checkout with pip into its own venv in $PREFIX (default /opt/wg-fleet):
+# what is installed is what pyproject.toml declares (the modules, migrations, templates and
+# static files), owned by root and writable by nobody else. The config goes to $CONFIG
+# (default /etc/wg-fleet.yaml, copied from example-config.yaml only if absent), the unit to
+# $UNIT_DIR (default /etc/systemd/system); then the service is enabled and (re)started.
 # Running it again upgrades in place: new code and requirements, same config and
 # database, and a restart that leaves every tunnel up.
+# Offline (no package index): point pip at a wheelhouse with its own variables,
+#   PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels contrib/install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 022
 
 PREFIX=${PREFIX:-/opt/wg-fleet}
 CONFIG=${CONFIG:-/etc/wg-fleet.yaml}
@@ -19,7 +24,9 @@ if [[ $EUID -ne 0 ]]; then
   exit 1
 fi
 
-packages=(wireguard-tools wireguard-go iproute2)
+# python3-venv: Debian's python3 cannot make a venv without it; procps: the unit's
+# ExecReload runs /bin/kill.
+packages=(python3 python3-venv wireguard-tools wireguard-go iproute2 procps)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
@@ -31,14 +38,23 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# The application: the service's files only (no tests, no benchmarks). Modules of an
-# older release are removed first, so none lingers after an upgrade.
-mkdir -p "$PREFIX"
-rm -rf "$PREFIX"/*.py "$PREFIX/templates" "$PREFIX/static"
-cp -a ./*.py requirements.txt example-config.yaml README.md templates static "$PREFIX/"
-
+install -d -m 0755 -o root -g root "$PREFIX"
+# Releases before 0.2 copied the modules into $PREFIX itself.
+rm -rf "$PREFIX"/*.py "$PREFIX/templates" "$PREFIX/static" "$PREFIX/migrations" \
+  "$PREFIX/requirements.txt"
 [[ -x "$PREFIX/.venv/bin/python" ]] || "$PYTHON" -m venv "$PREFIX/.venv"
-"$PREFIX/.venv/bin/python" -m pip install -q --disable-pip-version-check -r "$PREFIX/requirements.txt"
+pip=("$PREFIX/.venv/bin/python" -m pip install -q --disable-pip-version-check)
+"${pip[@]}" -r requirements.txt
+# pip builds from a copy: setuptools writes build/ and *.egg-info beside the sources,
+# which must not appear, owned by root, in the operator's checkout. Reinstalling removes
+# the files of the release installed before, so no old module lingers.
+source=$(mktemp -d)
+trap 'rm -rf "$source"' EXIT
+tar --exclude=./.git --exclude=./.venv -cf - . | tar -xf - -C "$source" --no-same-owner
+"${pip[@]}" --no-deps --force-reinstall "$source"
+install -m 0644 README.md example-config.yaml "$PREFIX/"
+chown -R root:root "$PREFIX"
+chmod -R go-w "$PREFIX"
 
 if [[ ! -e "$CONFIG" ]]; then
   install -m 0600 example-config.yaml "$CONFIG"
