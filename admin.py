@@ -18,6 +18,7 @@ from context import AppContext
 from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
+from events import as_json, latest_events
 from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
 from routes import ContextDep, TemplatesDep
 from status import ONLINE_WINDOW
@@ -28,6 +29,7 @@ router = APIRouter()
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 REFRESH_SECONDS = 15
+RECENT_EVENTS = 20  # shown on a fleet's page
 
 
 def count_clients(
@@ -140,6 +142,9 @@ async def fleet_page(
 ) -> HTMLResponse:
     page, views = await client_page(context, fleet, q=q, sort=sort, limit=limit, cursor=cursor)
     summary = next(s for s in await fleet_summaries(context) if s.name == fleet)
+    recent = await context.database.read(
+        lambda session: [as_json(e) for e in latest_events(session, fleet, RECENT_EVENTS)]
+    )
     return templates.TemplateResponse(
         request,
         "fleet.html",
@@ -153,6 +158,7 @@ async def fleet_page(
             "limit": limit,
             "now": context.clock(),
             "refresh": REFRESH_SECONDS,
+            "events": recent,
         },
     )
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     case,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -88,6 +89,9 @@ class Client(Base):
     last_handshake: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Latest of last_seen and last_handshake, kept so that activity can be indexed.
     last_active: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Whether the last `online`/`offline` event said online (events.py), so a transition
+    # is reported once, also across a restart.
+    reported_online: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 def database_url(database: str) -> str:

@@ -41,6 +41,8 @@ from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
+from events import note_server_key
+from history import router as history_router
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
@@ -66,6 +68,15 @@ async def start(context: AppContext) -> None:
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
     for fleet, settings in config.local_fleets.items():
         context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
+        await context.database.write(
+            partial(
+                note_server_key,
+                fleet=fleet,
+                public_key=context.server_keys[fleet],
+                node=config.node,
+                time=context.clock(),
+            )
+        )
         stray = await context.database.write(
             partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
         )
@@ -155,6 +166,7 @@ def create_app(
     app.state.templates = templates
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(history_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:

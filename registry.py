@@ -33,6 +33,7 @@ from errors import (
     WgFleetError,
     WireGuardUnavailable,
 )
+from events import Subject, forget_registered, record_many
 from hosts import Publisher
 from metrics import Metrics
 from roster import Roster
@@ -97,7 +98,12 @@ def count_clients(session: Session, fleet: str) -> int:
 
 
 def store_batch(
-    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+    session: Session,
+    fleet: str,
+    settings: FleetConfig,
+    batch: list[_Request],
+    now: datetime,
+    node: str = "",
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
@@ -109,6 +115,7 @@ def store_batch(
     for _ in range(INSERT_ATTEMPTS):
         try:
             outcomes = _store_batch(session, fleet, settings, batch, now)
+            record_registered(session, fleet, node, now, batch, outcomes)
             session.commit()
             return outcomes
         except IntegrityError:
@@ -189,8 +196,33 @@ def _store_batch(
     return outcomes
 
 
+def record_registered(
+    session: Session,
+    fleet: str,
+    node: str,
+    now: datetime,
+    batch: list[_Request],
+    outcomes: list[Outcome],
+) -> None:
+    """A `registered` event for every client the batch created."""
+    record_many(
+        session,
+        "registered",
+        fleet=fleet,
+        node=node,
+        time=now,
+        items=[
+            (Subject(str(outcome[0]), request.public_key, None), None)
+            for request, outcome in zip(batch, outcomes, strict=True)
+            if not isinstance(outcome, WgFleetError) and outcome[1]
+        ],
+    )
+
+
 def delete_keys(session: Session, keys: list[str]) -> None:
+    """Undo registrations whose peers could not be added, their events included."""
     session.execute(delete(CLIENTS).where(CLIENTS.c.public_key.in_(keys)))
+    forget_registered(session, keys)
     session.commit()
 
 
@@ -300,7 +332,9 @@ class Registry:
         now = self._clock()
         async with self._locks[fleet]:
             outcomes = await self._database.write(
-                lambda session: store_batch(session, fleet, settings, batch, now)
+                lambda session: store_batch(
+                    session, fleet, settings, batch, now, self._config.node_of(fleet)
+                )
             )
             peers = [
                 (request.public_key, outcome[0])

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Config
-from database import Base, Client, database_url
+from database import Client, Database, database_url
 from limits import MAX_BODY
 from main import create_app
 from tests.conftest import FLEET, FLEET_IP6, Running
@@ -497,9 +497,11 @@ class Caller:
 def seed_tunnel_client(config: Config) -> None:
     """A registered client at TUNNEL_CLIENT, stored before the app starts (and restored
     to the interface by the start-up pass)."""
+    database = Database(config.database)
+    database.migrate()  # the schema as the app would make it
+    database.close()
     engine = create_engine(database_url(config.database))
     try:
-        Base.metadata.create_all(engine)
         moment = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
         with Session(engine) as session:
             session.add(
