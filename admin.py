@@ -127,11 +127,12 @@ QueryText = Annotated[
 SortParam = Annotated[Sort, Query(description="hostname (named first), activity or address.")]
 
 
-def _selector(text: str) -> tuple[str, str]:
+def _selector(text: str) -> str:
     try:
-        return parse_selector(text)
+        parse_selector(text)
     except InvalidLabel as error:
         raise ValueError(str(error)) from None
+    return text
 
 
 LabelParam = Annotated[
