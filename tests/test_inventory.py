@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "contrib" / "ansible" / "wg_fleet_inventory"
 ANSIBLE_INVENTORY = Path(sys.executable).parent / "ansible-inventory"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+PASSWORD = "pw"
+WRONG = "guess"
 
 StartApp = Callable[..., Any]
 
@@ -183,14 +185,14 @@ def served() -> Iterator[InventoryServer]:
         yield server
 
 
-def run(argv: list[str], url: str, tmp_path: Path, secret: str = "pw") -> Any:
+def run(argv: list[str], url: str, tmp_path: Path, credential: str = PASSWORD) -> Any:
     environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
         "WG_FLEET_URL": url,
         "WG_FLEET_USER": "admin",
-        "WG_FLEET_PASSWORD": secret,
+        "WG_FLEET_PASSWORD": credential,
     }
     return subprocess.run(
         argv, capture_output=True, text=True, env=environment, timeout=120, check=False
@@ -214,7 +216,7 @@ def test_the_script_prints_the_list_and_one_host(served: InventoryServer, tmp_pa
 
 
 def test_the_script_says_what_went_wrong(served: InventoryServer, tmp_path: Path) -> None:
-    wrong = run([str(SCRIPT), "--list"], served.url, tmp_path, secret="guess")
+    wrong = run([str(SCRIPT), "--list"], served.url, tmp_path, WRONG)
     assert wrong.returncode == 1
     assert wrong.stderr == f"wg_fleet_inventory: {served.url} answered 401 Unauthorized.\n"
     unset = run([str(SCRIPT), "--list"], "", tmp_path)
