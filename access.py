@@ -39,7 +39,8 @@ def hash_password(password: str) -> str:
 
 
 class AdminAuth:
-    """ASGI middleware: HTTP Basic on every route but registration, pings and /health.
+    """ASGI middleware: HTTP Basic on every route but registration, pings, leaving and
+    /health.
 
     argon2 is slow on purpose, so a verified credential is remembered (as a salted
     digest, never the password) and later requests with it skip the hash.

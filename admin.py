@@ -128,6 +128,8 @@ SortParam = Annotated[Sort, Query(description="hostname (named first), activity 
 
 
 def _selector(text: str) -> str:
+    if not text:
+        return text  # the dashboard form's empty "add a filter" box
     try:
         parse_selector(text)
     except InvalidLabel as error:
@@ -146,7 +148,7 @@ LabelParam = Annotated[
 
 def selectors(label: Sequence[str]) -> list[tuple[str, str]]:
     """The `label` query values as (key, value) pairs (validated by `LabelParam`)."""
-    return [parse_selector(text) for text in label]
+    return [parse_selector(text) for text in label if text]
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -170,6 +172,7 @@ async def fleet_page(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     label: LabelParam = [],  # noqa: B006 - FastAPI copies defaults
 ) -> HTMLResponse:
+    label = [text for text in label if text]
     page, views = await client_page(
         context, fleet, q=q, sort=sort, limit=limit, cursor=cursor, labels=selectors(label)
     )

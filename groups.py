@@ -50,12 +50,16 @@ def count_groups(members: Iterable[tuple[Mapping[str, str] | None, bool]], key: 
 LabelKey = Annotated[str, AfterValidator(check_key)]
 
 
-async def fleet_groups(context: ContextDep, fleet: str, key: str) -> tuple[GroupsOut, list[str]]:
-    """The counts for `key`, and every label key the fleet's clients carry."""
+async def fleet_groups(
+    context: ContextDep, fleet: str, key: str | None
+) -> tuple[GroupsOut, list[str]]:
+    """The counts for `key` (default: the first label key any client carries, else
+    `site`), and every label key the fleet's clients carry."""
     if fleet not in context.config.fleets:
         raise FleetNotFound(fleet)
     members = await members_online(context, [fleet])
     keys = sorted({k for member, _ in members for k in (member.labels or {})})
+    key = key or (keys[0] if keys else "site")
     return count_groups(((m.labels, online) for m, online in members), key), keys
 
 
@@ -82,10 +86,7 @@ async def groups_page(
     templates: TemplatesDep,
     label: Annotated[LabelKey | None, Query()] = None,
 ) -> HTMLResponse:
-    groups, keys = await fleet_groups(context, fleet, label or "site")
-    key = label or (keys[0] if keys else "site")
-    if key != groups.label:
-        groups, keys = await fleet_groups(context, fleet, key)
+    groups, keys = await fleet_groups(context, fleet, label)
     summary = next(s for s in await fleet_summaries(context) if s.name == fleet)
     return templates.TemplateResponse(
         request,

@@ -261,6 +261,7 @@ async def test_groups_count_each_value_with_online_clients(
         async with running.client() as http:
             response = await http.get(f"/api/fleets/{FLEET}/groups?label=site")
             page = await http.get(f"/fleet/{FLEET}/groups?label=site")
+            default = await http.get(f"/fleet/{FLEET}/groups")
             missing = await http.get(f"/api/fleets/{FLEET}/groups")
             unknown = await http.get("/api/fleets/nope/groups?label=site")
             reserved = await http.get(f"/api/fleets/{FLEET}/groups?label=fleet")
@@ -276,6 +277,7 @@ async def test_groups_count_each_value_with_online_clients(
     assert 'href="/fleet/alpha?label=site%3Aucf"' in page.text
     assert "(no site)" in page.text
     assert 'class="complete"' in page.text  # mit: 1 of 1 online
+    assert "by <code>room</code>" in default.text  # the first key the clients carry
     assert missing.status_code == 422
     assert unknown.status_code == 404
     assert reserved.status_code == 422
@@ -287,6 +289,8 @@ async def test_the_fleet_page_shows_labels_and_filters_by_them(start_app: StartA
         async with running.client() as http:
             page = await http.get(f"/fleet/{FLEET}?label=site:ucf&limit=1")
             bad = await http.get(f"/fleet/{FLEET}?label=Site:ucf")
+            # The form's empty "add a filter" box filters nothing.
+            everyone = await http.get(f"/fleet/{FLEET}?q=&label=&sort=hostname")
     assert page.status_code == 200
     assert ">t1<" in page.text
     assert ">t2<" not in page.text
@@ -296,6 +300,8 @@ async def test_the_fleet_page_shows_labels_and_filters_by_them(start_app: StartA
     # The pager keeps the filter.
     assert "&amp;label=site%3Aucf&amp;cursor=" in page.text
     assert bad.status_code == 422
+    assert everyone.status_code == 200
+    assert all(f">{name}<" in everyone.text for name in ("t1", "t2", "t3", "t4"))
 
 
 async def test_migration_0002_adds_the_column_to_an_existing_database(
