@@ -20,7 +20,7 @@ from labels import InvalidLabel, check_key
 DEFAULT_NAMES = ("{hostname}.{fleet}.{domain}",)
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 LITERAL = re.compile(r"[a-z0-9_.-]*")
-NAME_LABEL = re.compile(r"[a-z0-9_-]{1,63}")
+NAME = re.compile(r"(?:[a-z0-9_-]{1,63}\.)*[a-z0-9_-]{1,63}")
 MAX_NAME = 253
 FIELDS = ("hostname", "fleet", "domain")
 
@@ -48,25 +48,26 @@ class Template:
         self, hostname: str, fleet: str, domain: str, labels: Mapping[str, str]
     ) -> str | None:
         """The name this template gives a client, or None when it gives none."""
-        values = {"hostname": hostname, "fleet": fleet, "domain": domain}
         pieces: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 pieces.append(part)
-            elif isinstance(part, Field):
-                pieces.append(values[part.name])
-            else:
+            elif isinstance(part, Label):
                 value = labels.get(part.key)
                 if value is None:
                     return None
                 pieces.append(value.lower())
+            elif part.name == "hostname":
+                pieces.append(hostname)
+            else:
+                pieces.append(fleet if part.name == "fleet" else domain)
         name = "".join(pieces)
         return name if is_valid_name(name) else None
 
 
 def is_valid_name(name: str) -> bool:
     """Dot-separated labels of 1-63 characters from a-z 0-9 _ -, at most 253 in all."""
-    return len(name) <= MAX_NAME and all(NAME_LABEL.fullmatch(part) for part in name.split("."))
+    return len(name) <= MAX_NAME and NAME.fullmatch(name) is not None
 
 
 def parse_template(text: str) -> Template:
