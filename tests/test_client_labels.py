@@ -149,3 +149,10 @@ def test_leave_is_an_option_of_down_only(agent: Agent) -> None:
     assert result.code == 2
     assert "--leave is an option of down only" in one_sentence(result.stderr)
     assert agent.run("down", "--label", "a=b").code == 2
+
+
+def test_under_systemd_the_tunnel_scope_stops_after_the_service(agent: Agent) -> None:
+    """At shutdown the service's `down --leave` must still find the tunnel up."""
+    assert agent.up(env={"INVOCATION_ID": "0123"}).code == 0
+    (scope,) = [line for line in agent.log() if line.startswith("systemd-run")]
+    assert "--property=Before=wg-fleet-client.service" in scope.split()
