@@ -41,6 +41,8 @@ from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
+from groups import router as groups_router
+from inventory import router as inventory_router
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
@@ -155,6 +157,8 @@ def create_app(
     app.state.templates = templates
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(groups_router)
+    app.include_router(inventory_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
