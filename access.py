@@ -1,6 +1,6 @@
 """Optional access control, all off unless configured.
 
-- `admin`: HTTP Basic with an argon2 hash on everything except registration, pings and
+- `admin`: HTTP Basic with an argon2 hash on everything except registration, pings, leaving and
   /health (clients and health checks never carry admin credentials);
 - per fleet `registration_token` (Bearer, compared in constant time) and
   `register_from` (CIDRs allowed to register);
@@ -29,7 +29,7 @@ from addresses import IPAddress, is_trusted
 from config import AdminConfig, Config, FleetConfig, RateLimit
 from errors import Forbidden, TooManyRequests, Unauthorized
 
-OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping)|GET /health)$")
+OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping|leave)|GET /health)$")
 RATE_LIMIT_ADDRESSES = 100_000  # addresses remembered by the rate limiter at most
 VERIFIED_CACHE = 64  # credential digests remembered after a successful argon2 check
 
@@ -39,7 +39,8 @@ def hash_password(password: str) -> str:
 
 
 class AdminAuth:
-    """ASGI middleware: HTTP Basic on every route but registration, pings and /health.
+    """ASGI middleware: HTTP Basic on every route but registration, pings, leaving and
+    /health.
 
     argon2 is slow on purpose, so a verified credential is remembered (as a salted
     digest, never the password) and later requests with it skip the hash.

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,7 @@ from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
 from events import as_json, latest_events
+from labels import InvalidLabel, parse_selector
 from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
 from routes import ContextDep, TemplatesDep
 from status import ONLINE_WINDOW
@@ -90,7 +92,14 @@ async def fleet_summaries(context: AppContext) -> list[FleetSummary]:
 
 
 async def client_page(
-    context: AppContext, fleet: str, *, q: str, sort: Sort, limit: int, cursor: str | None
+    context: AppContext,
+    fleet: str,
+    *,
+    q: str,
+    sort: Sort,
+    limit: int,
+    cursor: str | None,
+    labels: Sequence[tuple[str, str]] = (),
 ) -> tuple[Page, list[ClientView]]:
     if fleet not in context.config.fleets:
         raise FleetNotFound(fleet)
@@ -100,7 +109,7 @@ async def client_page(
         raise BadRequest(str(error)) from None
     page = await context.database.read(
         lambda session: select_page(
-            session, fleet, sort=sort, q=q.strip(), limit=limit, cursor=position
+            session, fleet, sort=sort, q=q.strip(), limit=limit, cursor=position, labels=labels
         )
     )
     dump = await context.status.dump(fleet) if fleet in context.config.local_fleets else None
@@ -118,6 +127,30 @@ QueryText = Annotated[
     str, Query(max_length=100, description="Prefix of a hostname, address or public key.")
 ]
 SortParam = Annotated[Sort, Query(description="hostname (named first), activity or address.")]
+
+
+def _selector(text: str) -> str:
+    if not text:
+        return text  # the dashboard form's empty "add a filter" box
+    try:
+        parse_selector(text)
+    except InvalidLabel as error:
+        raise ValueError(str(error)) from None
+    return text
+
+
+LabelParam = Annotated[
+    list[Annotated[str, AfterValidator(_selector)]],
+    Query(
+        max_length=16,
+        description="`key:value`; repeat it to require several labels (all must match).",
+    ),
+]
+
+
+def selectors(label: Sequence[str]) -> list[tuple[str, str]]:
+    """The `label` query values as (key, value) pairs (validated by `LabelParam`)."""
+    return [parse_selector(text) for text in label if text]
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -139,8 +172,12 @@ async def fleet_page(
     sort: SortParam = "hostname",
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    label: LabelParam = [],  # noqa: B006 - FastAPI copies defaults
 ) -> HTMLResponse:
-    page, views = await client_page(context, fleet, q=q, sort=sort, limit=limit, cursor=cursor)
+    label = [text for text in label if text]
+    page, views = await client_page(
+        context, fleet, q=q, sort=sort, limit=limit, cursor=cursor, labels=selectors(label)
+    )
     summary = next(s for s in await fleet_summaries(context) if s.name == fleet)
     recent = await context.database.read(
         lambda session: [as_json(e) for e in latest_events(session, fleet, RECENT_EVENTS)]
@@ -156,6 +193,8 @@ async def fleet_page(
             "sort": sort,
             "sorts": SORTS,
             "limit": limit,
+            "label": label,
+            "label_query": "".join(f"&label={quote(text)}" for text in label),
             "now": context.clock(),
             "refresh": REFRESH_SECONDS,
             "events": recent,
@@ -190,6 +229,7 @@ class ClientOut(BaseModel):
     last_activity: datetime = Field(description="What pruning compares with prune_timeout.")
     alive_because: Literal["registration", "ping", "handshake", "grace"]
     online: bool
+    labels: dict[str, str] = Field(description="What the client declared in its pings.")
 
 
 class ClientsOut(BaseModel):
@@ -216,9 +256,13 @@ async def api_clients(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     cursor: Annotated[str | None, Query(max_length=1000)] = None,
     sort: SortParam = "hostname",
+    label: LabelParam = [],  # noqa: B006 - FastAPI copies defaults
 ) -> ClientsOut:
-    """One page of a fleet's clients; follow `next_cursor` for the rest."""
-    page, views = await client_page(context, fleet, q=q, sort=sort, limit=limit, cursor=cursor)
+    """One page of a fleet's clients; follow `next_cursor` for the rest. With `label`
+    (`site:ucf`, repeatable), only the clients that carry every such label."""
+    page, views = await client_page(
+        context, fleet, q=q, sort=sort, limit=limit, cursor=cursor, labels=selectors(label)
+    )
     return ClientsOut(
         clients=[ClientOut.model_validate(v, from_attributes=True) for v in views],
         next_cursor=page.next_cursor,

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -26,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
+
+from names import DEFAULT_NAMES, check_templates
 
 DEFAULT_DATABASE = "/var/lib/wg-fleet/clients.db"
 DEFAULT_HOSTS_FILE = Path("/run/wg_fleet_hosts")
@@ -140,6 +143,8 @@ def parse_moment(value: object) -> datetime:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Moment = Annotated[datetime, BeforeValidator(parse_moment)]
 Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)]
+# Hosts-file name templates (see names.py); unknown placeholders are errors.
+NameTemplates = Annotated[tuple[str, ...], AfterValidator(check_templates)]
 
 
 class _Frozen(BaseModel):
@@ -184,6 +189,7 @@ class FleetConfig(_Frozen):
     registration_token: SecretStr | None = Field(default=None, min_length=16)
     register_from: Networks = ()
     node: str | None = Field(default=None, pattern=NODE_NAME.pattern)
+    names: NameTemplates | None = None  # replaces the top-level `names` for this fleet
     prune_timeout: Duration | None = None
     pending_timeout: Duration | None = None
     expires_at: Moment | None = None
@@ -297,6 +303,7 @@ class Config(_Frozen):
     prometheus_targets_file: Path | None = None
     prometheus_target_port: int = Field(default=9100, ge=1, le=65535, strict=True)
     node: str = Field(default_factory=default_node, pattern=NODE_NAME.pattern)
+    names: NameTemplates = DEFAULT_NAMES
     pending_timeout: Duration | None = None
     event_retention: Duration = timedelta(days=7)
     webhooks: tuple[WebhookConfig, ...] = ()
@@ -311,6 +318,10 @@ class Config(_Frozen):
         `pending_timeout`, else the global one, else the fleet's prune timeout."""
         settings = self.fleets[fleet]
         return settings.pending_timeout or self.pending_timeout or self.prune_timeout_of(fleet)
+
+    def names_of(self, fleet: str) -> tuple[str, ...]:
+        """The name templates of `fleet`: its own `names`, else the top-level ones."""
+        return self.fleets[fleet].names or self.names
 
     def node_of(self, fleet: str) -> str:
         """The node that runs `fleet`: its `node`, or this node when it names none."""

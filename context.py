@@ -57,6 +57,8 @@ class AppContext:
             self.config.domain,
             self.config.prometheus_targets_file,
             self.config.prometheus_target_port,
+            names={fleet: self.config.names_of(fleet) for fleet in self.config.fleets},
+            node_of=self.config.node_of,
         )
         self.registry = Registry(
             self.config,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    JSON,
     ColumnElement,
     DateTime,
     Dialect,
@@ -89,6 +90,8 @@ class Client(Base):
     last_handshake: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Latest of last_seen and last_handshake, kept so that activity can be indexed.
     last_active: Mapped[datetime] = mapped_column(UTCDateTime())
+    # What the client declared in its pings (see labels.py); NULL when none.
+    labels: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True))
     # Whether the last `online`/`offline` event said online (events.py), so a transition
     # is reported once, also across a restart.
     reported_online: Mapped[bool] = mapped_column(default=False, server_default=false())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 from database import Client
 from hosts import fqdn
+from labels import stored
 from status import is_online
 from wireguard import InterfaceDump
 
@@ -39,6 +41,7 @@ class ClientView:
     last_activity: datetime
     alive_because: AliveBecause
     online: bool
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 def client_view(
@@ -68,6 +71,7 @@ def client_view(
         last_activity=last_activity,
         alive_because=because,
         online=is_online(handshake, now),
+        labels=stored(row.labels),
     )
 
 

@@ -1,6 +1,7 @@
 """Files that other programs read about the clients: the hosts file
-(`<address> <hostname>.<fleet>.<domain>` per named client, for a DNS server) and the
-Prometheus file_sd targets file (every client)."""
+(`<address> <name> …` per named client, the names from the templates in names.py —
+by default `<hostname>.<fleet>.<domain>` — for a DNS server) and the Prometheus file_sd
+targets file (every client, labelled)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 import json
 import logging
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from database import Client, Database
 from files import write_if_changed
+from names import Entry, Naming, assign_names, compile_rules
 
 logger = logging.getLogger(__name__)
 
@@ -38,31 +40,51 @@ def render_hosts(entries: Iterable[tuple[str, str, str | None]], domain: str) ->
     Addresses are written as stored, which is their canonical (compressed) form."""
     lines = sorted(
         (address_order(address), address, fqdn(hostname, fleet, domain))
-        for fleet, address, hostname in entries
+        for fleet, address, hostname, *_ in entries
         if hostname
     )
     return "".join(f"{address} {name}\n" for _, address, name in lines)
 
 
-def render_targets(entries: Iterable[tuple[str, str, str | None]], port: int) -> str:
+def render_named_hosts(naming: Naming) -> str:
+    """Hosts-file text: `<address> <name> <name> …` per client with a name, by address."""
+    lines = sorted(
+        (address_order(address), address, names) for (_, address), names in naming.names.items()
+    )
+    return "".join(f"{address} {' '.join(names)}\n" for _, address, names in lines)
+
+
+def render_targets(
+    entries: Iterable[tuple[str, str, str | None] | Entry],
+    port: int,
+    node_of: Callable[[str], str] | None = None,
+) -> str:
     """Prometheus file_sd JSON: one target `[address]:port` per client, labelled with its
-    fleet and (when named) hostname, sorted by address."""
+    fleet, (when named) hostname, (given `node_of`) node and every client label, sorted
+    by address."""
     groups = []
-    for fleet, address, hostname in sorted(entries, key=lambda e: address_order(e[1])):
+    for entry in sorted(entries, key=lambda e: address_order(e[1])):
+        fleet, address, hostname = entry[:3]
         labels = {"fleet": fleet} | ({"hostname": hostname} if hostname else {})
+        if node_of is not None:
+            labels["node"] = node_of(fleet)
+        if isinstance(entry, Entry) and entry.labels:
+            labels |= dict(sorted(entry.labels.items()))
         groups.append({"targets": [f"[{address}]:{port}"], "labels": labels})
     return json.dumps(groups, indent=1) + "\n"
 
 
-def select_clients(
-    session: Session, fleets: Iterable[str], named_only: bool
-) -> list[tuple[str, str, str | None]]:
-    query = select(Client.fleet, Client.address, Client.hostname).where(
-        Client.fleet.in_(list(fleets))
+def select_clients(session: Session, fleets: Iterable[str], named_only: bool) -> list[Entry]:
+    """The fleets' clients in registration order (which decides who keeps a contested
+    name)."""
+    query = (
+        select(Client.fleet, Client.address, Client.hostname, Client.labels, Client.registered_at)
+        .where(Client.fleet.in_(list(fleets)))
+        .order_by(Client.registered_at, Client.id)
     )
     if named_only:
         query = query.where(Client.hostname.is_not(None))
-    return [(fleet, address, hostname) for fleet, address, hostname in session.execute(query)]
+    return [Entry(*row) for row in session.execute(query)]
 
 
 class Publisher:
@@ -81,6 +103,8 @@ class Publisher:
         domain: str,
         targets: Path | None = None,
         target_port: int = 9100,
+        names: Mapping[str, Sequence[str]] | None = None,
+        node_of: Callable[[str], str] | None = None,
     ) -> None:
         self.path = path
         self._database = database
@@ -88,6 +112,9 @@ class Publisher:
         self._domain = domain
         self._targets = targets
         self._target_port = target_port
+        self._rules = compile_rules(names or {})
+        self._node_of = node_of
+        self._told_collisions = False
         self._lock = asyncio.Lock()
         self._pending = False
         self._soon: asyncio.TimerHandle | None = None
@@ -130,20 +157,26 @@ class Publisher:
                 # Rendering and writing tens of thousands of lines stays off the loop.
                 await asyncio.to_thread(self._write_all, entries)
 
-    def _write_all(self, entries: list[tuple[str, str, str | None]]) -> None:
-        named = sum(1 for *_, hostname in entries if hostname)
-        self._write(self.path, render_hosts(entries, self._domain), f"{named} name(s)")
+    def _write_all(self, entries: list[Entry]) -> None:
+        naming = assign_names(entries, self._rules, self._domain)
+        named = len(naming.names)
+        written = self._write(self.path, render_named_hosts(naming), f"{named} named client(s)")
+        if written or not self._told_collisions:
+            self._told_collisions = True  # at start-up, and then whenever the file changes
+            for collision in naming.collisions:
+                logger.warning("hosts file: %s", collision)
         if self._targets is not None:
-            text = render_targets(entries, self._target_port)
+            text = render_targets(entries, self._target_port, self._node_of)
             self._write(self._targets, text, f"{len(entries)} target(s)")
 
     @staticmethod
-    def _write(path: Path, text: str, what: str) -> None:
+    def _write(path: Path, text: str, what: str) -> bool:
         try:
             written = write_if_changed(path, text, PUBLISHED_MODE)
         except OSError as error:
             # The next refresh (at the latest the next pruning pass) tries again.
             logger.error("cannot write %s: %s", path, error)
-            return
+            return False
         if written:
             logger.info("wrote %s with %s", path, what)
+        return written

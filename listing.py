@@ -134,6 +134,12 @@ def search_filter(fleet: str, q: str) -> ColumnElement[bool]:
     )
 
 
+def label_filter(labels: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    """Every (key, value) pair is among the client's labels (keys are validated, so
+    they are safe in a JSON path)."""
+    return and_(*(Client.labels[key].as_string() == value for key, value in labels))
+
+
 def _beyond(segment: Segment, key: Sequence[Any], backwards: bool) -> ColumnElement[bool]:
     columns = tuple_(*segment.keys)
     # Bound with the columns' types, so a time goes through UTCDateTime like stored ones.
@@ -160,8 +166,10 @@ def select_page(
     q: str = "",
     limit: int = 100,
     cursor: Cursor | None = None,
+    labels: Sequence[tuple[str, str]] = (),
 ) -> Page:
-    """One page of the fleet's clients in `sort` order, continuing from `cursor`."""
+    """One page of the fleet's clients in `sort` order, continuing from `cursor`; with
+    `labels`, only those that carry every one of them."""
     shapes = segments(sort)
     backwards = cursor.backwards if cursor else False
     start = cursor.segment if cursor else (len(shapes) - 1 if backwards else 0)
@@ -172,6 +180,8 @@ def select_page(
         query = select(Client).where(Client.fleet == fleet, shape.where)
         if q:
             query = query.where(search_filter(fleet, q))
+        if labels:
+            query = query.where(label_filter(labels))
         if cursor is not None and index == cursor.segment:
             query = query.where(_beyond(shape, cursor.key, backwards))
         query = query.order_by(*_ordered(shape, backwards)).limit(limit + 1 - len(found))

@@ -42,7 +42,9 @@ from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from events import note_server_key
+from groups import router as groups_router
 from history import router as history_router
+from inventory import router as inventory_router
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
@@ -166,6 +168,8 @@ def create_app(
     app.state.templates = templates
     app.include_router(router)
     app.include_router(admin_router)
+    app.include_router(groups_router)
+    app.include_router(inventory_router)
     app.include_router(history_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)

@@ -62,15 +62,16 @@ def newer_handshakes(
 
 def select_members(
     session: Session, fleet: str, with_handshakes: bool
-) -> tuple[list[tuple[str, str, str | None, str | None]], dict[str, int]]:
-    """The fleet's (key, address, hostname, requested hostname) rows and, when asked,
-    the handshakes stored for them (key -> epoch)."""
+) -> tuple[list[tuple[str, str, str | None, str | None, dict[str, str] | None]], dict[str, int]]:
+    """The fleet's (key, address, hostname, requested hostname, labels) rows and, when
+    asked, the handshakes stored for them (key -> epoch)."""
     rows = session.execute(
         select(
             CLIENTS.c.public_key,
             CLIENTS.c.address,
             CLIENTS.c.hostname,
             CLIENTS.c.requested_hostname,
+            CLIENTS.c.labels,
         ).where(CLIENTS.c.fleet == fleet)
     ).all()
     stored: dict[str, int] = {}
@@ -79,7 +80,9 @@ def select_members(
             CLIENTS.c.fleet == fleet, CLIENTS.c.last_handshake.is_not(None)
         )
         stored = {key: int(moment.timestamp()) for key, moment in session.execute(query)}
-    return [(key, address, name, requested) for key, address, name, requested in rows], stored
+    return [
+        (key, address, name, requested, labels) for key, address, name, requested, labels in rows
+    ], stored
 
 
 def store_sweep(
@@ -157,7 +160,7 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
             )
             known = roster.stored_handshakes(fleet)
             known.update(stored)
-            wanted = {key: address for key, address, _, _ in members}
+            wanted = {key: address for key, address, *_ in members}
             handshakes = newer_handshakes(dump, known, wanted)
             now = context.clock()
             cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)

@@ -9,7 +9,7 @@ Also remembered: the last handshake stored per key, so a pass writes only newer 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 
@@ -17,6 +17,13 @@ class Member(NamedTuple):
     public_key: str
     hostname: str | None
     requested_hostname: str | None
+    labels: Mapping[str, str] | None = None  # None: no labels
+
+
+Row = (
+    tuple[str, str, str | None, str | None]
+    | tuple[str, str, str | None, str | None, Mapping[str, str] | None]
+)
 
 
 class Roster:
@@ -24,10 +31,12 @@ class Roster:
         self._members: dict[str, dict[str, Member]] = {}  # fleet -> address -> member
         self._handshakes: dict[str, dict[str, int]] = {}  # fleet -> key -> epoch stored
 
-    def load(self, fleet: str, rows: Iterable[tuple[str, str, str | None, str | None]]) -> None:
-        """Replace the fleet's entries with (public key, address, hostname, requested)."""
+    def load(self, fleet: str, rows: Iterable[Row]) -> None:
+        """Replace the fleet's entries with (public key, address, hostname, requested[,
+        labels])."""
         self._members[fleet] = {
-            address: Member(key, hostname, requested) for key, address, hostname, requested in rows
+            row[1]: Member(row[0], row[2], row[3], (row[4] or None) if len(row) > 4 else None)
+            for row in rows
         }
 
     def find(self, fleet: str, address: str) -> Member | None:
@@ -39,10 +48,19 @@ class Roster:
         if current is None or current.public_key != public_key:
             members[address] = Member(public_key, None, None)
 
-    def rename(self, fleet: str, address: str, hostname: str | None, requested: str | None) -> None:
+    def rename(
+        self,
+        fleet: str,
+        address: str,
+        hostname: str | None,
+        requested: str | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         member = self.find(fleet, address)
         if member is not None:
-            self._members[fleet][address] = Member(member.public_key, hostname, requested)
+            self._members[fleet][address] = Member(
+                member.public_key, hostname, requested, labels or None
+            )
 
     def remove(self, fleet: str, addresses: Iterable[str]) -> None:
         members = self._members.get(fleet, {})

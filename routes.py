@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from ipaddress import IPv6Address
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +15,8 @@ from addresses import IPAddress, normalize_ip, resolve_client_ip
 from context import AppContext
 from errors import BadRequest, NotInFleet
 from hostnames import HOSTNAME
+from labels import InvalidLabel, Labels, check_labels
+from leaving import leave_fleet
 from wireguard import InvalidKey, normalize_public_key
 
 logger = logging.getLogger(__name__)
@@ -126,11 +128,30 @@ class PingRequest(BaseModel):
             raise ValueError("hostname must be 1 to 63 characters from a-z, 0-9, _ and -")
         return value
 
+    labels: dict[str, Any] | None = Field(
+        default=None,
+        description="Replaces the client's labels (`{}` clears them; left out: kept). At "
+        "most 16; keys [a-z][a-z0-9_]{0,31}, not fleet, hostname, node, address, job, "
+        "instance nor starting with __; values 0 to 128 characters, no control characters.",
+        examples=[{"site": "ucf", "team": "42"}],
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_allowed(cls, value: dict[str, Any] | None) -> Labels | None:
+        if value is None:
+            return None
+        try:
+            return check_labels(value)
+        except InvalidLabel as error:
+            raise ValueError(str(error)) from None
+
 
 class PingResponse(BaseModel):
     status: Literal["ok"] = "ok"
     hostname: str | None = Field(description="The name assigned to this client, if any.")
     fqdn: str | None = Field(description="`<hostname>.<fleet>.<domain>`, if named.")
+    labels: dict[str, str] = Field(description="The client's labels, after this ping.")
 
 
 def tunnel_caller(request: Request, context: AppContext, fleet: str) -> IPv6Address:
@@ -173,5 +194,42 @@ async def ping(
 ) -> PingResponse:
     """Keep a client alive and, with `hostname`, give it a unique name in the fleet."""
     source = tunnel_caller(request, context, fleet)
-    result = await context.pinger.ping(fleet, source, body.hostname if body else None)
-    return PingResponse(hostname=result.hostname, fqdn=result.fqdn)
+    result = await context.pinger.ping(
+        fleet, source, body.hostname if body else None, body.labels if body else None
+    )
+    return PingResponse(hostname=result.hostname, fqdn=result.fqdn, labels=result.labels)
+
+
+class LeaveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeaveResponse(BaseModel):
+    status: Literal["left"] = "left"
+
+
+@router.post(
+    "/fleet/{fleet}/leave",
+    response_model=LeaveResponse,
+    responses={
+        400: {"description": "The body cannot be read, or the source is not an IP address."},
+        403: {"description": "Not sent through the fleet's tunnel to the fleet's address."},
+        404: {"description": "Unknown fleet, or no client registered at the source address."},
+        413: {"description": "The request body is larger than 16 KiB."},
+    },
+)
+async def leave(
+    fleet: str,
+    request: Request,
+    context: ContextDep,
+    background: BackgroundTasks,
+    body: LeaveRequest | None = None,
+) -> LeaveResponse:
+    """Remove the calling client at once: row, name, hosts and targets entries, peer.
+
+    Identified exactly like a ping. The peer is removed just after this answer has
+    been sent, since the answer itself travels through the tunnel.
+    """
+    source = tunnel_caller(request, context, fleet)
+    background.add_task(await leave_fleet(context, fleet, source))
+    return LeaveResponse()

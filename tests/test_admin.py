@@ -45,6 +45,7 @@ COLUMNS = [
     "Last handshake",
     "Status",
     "Alive by",
+    "Labels",
 ]
 
 
@@ -255,6 +256,7 @@ async def test_fleet_page_shows_every_column(
             "4 min ago",
             "offline",
             "ping",
+            "",
         ],
         [
             "excavator",
@@ -266,6 +268,7 @@ async def test_fleet_page_shows_every_column(
             "1 min ago",
             "online",
             "handshake",
+            "",
         ],
         [
             "(none)",
@@ -277,6 +280,7 @@ async def test_fleet_page_shows_every_column(
             "N/A",
             "offline",
             "registration",
+            "",
         ],
         [
             "(none)",
@@ -288,6 +292,7 @@ async def test_fleet_page_shows_every_column(
             "N/A",
             "offline",
             "grace",
+            "",
         ],
     ]
     titles = [[cell.titles for cell in row] for row in cells[1:]]
@@ -327,6 +332,7 @@ async def test_api_clients_has_the_same_data(
         "last_activity": "2026-01-01T13:59:00Z",
         "alive_because": "handshake",
         "online": True,
+        "labels": {},
     }
     assert body["clients"][2] == {
         "address": unnamed.address,
@@ -340,6 +346,7 @@ async def test_api_clients_has_the_same_data(
         "last_activity": "2026-01-01T13:50:00Z",
         "alive_because": "registration",
         "online": False,
+        "labels": {},
     }
 
 
@@ -652,7 +659,7 @@ async def test_openapi_documents_the_json_api(start_app: StartApp) -> None:
     paths = response.json()["paths"]
     assert {"/api/fleets", "/api/fleets/{fleet}/clients", "/metrics", "/health"} <= set(paths)
     parameters = {p["name"] for p in paths["/api/fleets/{fleet}/clients"]["get"]["parameters"]}
-    assert parameters == {"fleet", "q", "limit", "cursor", "sort"}
+    assert parameters == {"fleet", "q", "limit", "cursor", "sort", "label"}
     responses = paths["/api/fleets/{fleet}/clients"]["get"]["responses"]
     assert {"200", "400", "404"} <= set(responses)
     assert "/" not in paths

@@ -90,8 +90,8 @@ def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) 
         with db.engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version"))
             assert version.scalar_one() == "0003"
-            row = connection.execute(text("SELECT address, hostname FROM clients")).one()
-            assert tuple(row) == ("fd00:1::2", "excavator")
+            row = connection.execute(text("SELECT address, hostname, labels FROM clients")).one()
+            assert tuple(row) == ("fd00:1::2", "excavator", None)
             check = connection.execute(text("PRAGMA integrity_check")).scalar_one()
             assert check == "ok"
     finally:

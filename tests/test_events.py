@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+import leaving
 from database import Client
 from events import Event
 from pruning import sweep_all
@@ -243,3 +244,25 @@ async def test_event_rows_and_client_rows_agree(start_app: StartApp, rows: int) 
             lambda s: list(s.scalars(select(Event.public_key).where(Event.type == "registered")))
         )
     assert sorted(clients) == sorted(k for k in logged if k)
+
+
+async def test_leaving_is_left_and_nothing_else(
+    start_app: StartApp,
+    fake_wg: FakeWireGuard,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(leaving, "PEER_GRACE", 0.0)
+    async with start_app() as running:
+        client = await register(running)
+        await ping(running, client["address"], "excavator")
+        handshake(fake_wg, client["public_key"], clock)
+        await sweep_all(running.context)
+        async with running.in_tunnel(client["address"]) as tunnel:
+            response = await tunnel.post(f"/fleet/{FLEET}/leave", json={})
+        assert response.status_code == 200, response.text
+        await sweep_all(running.context)
+        body = await events(running)
+    assert [kind for kind, _ in kinds(body)] == ["registered", "renamed", "online", "left"]
+    left = body["events"][-1]
+    assert (left["address"], left["hostname"]) == (client["address"], "excavator")

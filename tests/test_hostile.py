@@ -26,9 +26,10 @@ from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import Config
-from database import Client, Database, database_url
+from database import Client, database_url
 from limits import MAX_BODY
 from main import create_app
+from migrations import upgrade
 from tests.conftest import FLEET, FLEET_IP6, Running
 from tests.fakes import FakeClock, FakeWireGuard
 from wireguard import generate_keypair
@@ -497,11 +498,9 @@ class Caller:
 def seed_tunnel_client(config: Config) -> None:
     """A registered client at TUNNEL_CLIENT, stored before the app starts (and restored
     to the interface by the start-up pass)."""
-    database = Database(config.database)
-    database.migrate()  # the schema as the app would make it
-    database.close()
     engine = create_engine(database_url(config.database))
     try:
+        upgrade(engine)  # the migrated schema, as the app makes it
         moment = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
         with Session(engine) as session:
             session.add(

@@ -388,6 +388,7 @@ async def test_pruned_names_leave_the_hosts_file(start_app: StartApp, clock: Fak
             "status": "ok",
             "hostname": "excavator",
             "fqdn": "excavator.alpha.fleet.test",
+            "labels": {},
         }
         assert hosts_path.read_text(encoding="utf-8") == (
             f"{new_address} excavator.alpha.fleet.test\n"

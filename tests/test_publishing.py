@@ -51,7 +51,10 @@ async def test_the_targets_file_follows_registrations_renames_and_prunes(
         clock.advance(minutes=6)
         async with running.in_tunnel(first) as tunnel:
             await tunnel.post(f"/fleet/{FLEET}/ping", json={"hostname": "loader"})
-        assert {"fleet": FLEET, "hostname": "loader"} in [g["labels"] for g in listed()]
+        node = running.context.config.node
+        assert {"fleet": FLEET, "hostname": "loader", "node": node} in [
+            g["labels"] for g in listed()
+        ]
 
         clock.advance(minutes=6)  # the second client has been silent for 12 minutes
         await pruning.sweep_all(running.context)

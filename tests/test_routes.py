@@ -166,6 +166,7 @@ async def test_ping_names_the_client_and_publishes_the_hosts_file(start_app: Sta
         "status": "ok",
         "hostname": "excavator",
         "fqdn": "excavator.alpha.fleet.test",
+        "labels": {},
     }
     assert keep.json()["hostname"] == empty.json()["hostname"] == "excavator"
     assert hosts == f"{answer['address']} excavator.alpha.fleet.test\n"
@@ -177,7 +178,7 @@ async def test_ping_without_a_name_answers_null(start_app: StartApp) -> None:
         answer = await register(running)
         async with running.in_tunnel(answer["address"]) as tunnel:
             response = await tunnel.post(f"/fleet/{FLEET}/ping", json={})
-    assert response.json() == {"status": "ok", "hostname": None, "fqdn": None}
+    assert response.json() == {"status": "ok", "hostname": None, "fqdn": None, "labels": {}}
 
 
 async def test_ping_refuses_callers_outside_the_tunnel(start_app: StartApp) -> None:

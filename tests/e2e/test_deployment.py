@@ -113,9 +113,7 @@ def wheelhouse() -> Path:
 
 def install(server: Machine, checkout: str) -> str:
     """contrib/install.sh run inside the machine, from `checkout`, as the README says."""
-    return server.run(
-        "sh", "-c", f"cd {checkout} && contrib/install.sh", env=OFFLINE, timeout=600
-    )
+    return server.run("sh", "-c", f"cd {checkout} && contrib/install.sh", env=OFFLINE, timeout=600)
 
 
 def continuous_ping(namespace: Namespace, address: str, seconds: float) -> subprocess.Popen[str]:
@@ -370,19 +368,33 @@ def test_the_client_agent_timer_enrolls_a_machine(deployment: Deployment) -> Non
     agent.copy_checkout(CHECKOUT)
     # The README's Client agent section, as root on the client.
     agent.run("install", "-m", "0755", f"{CHECKOUT}/client/wg-fleet-client", "/usr/local/bin/")
-    units = [f"{CHECKOUT}/contrib/systemd/wg-fleet-client.{kind}" for kind in ("service", "timer")]
+    units = [
+        f"{CHECKOUT}/contrib/systemd/{unit}"
+        for unit in (
+            "wg-fleet-client.service",
+            "wg-fleet-client-ping.service",
+            "wg-fleet-client.timer",
+        )
+    ]
     agent.run("install", "-m", "0644", *units, "/etc/systemd/system/")
     agent.run(
         "wg-fleet-client", "up", "--server", f"http://{SERVER_V4}:{HTTP_PORT}", "--fleet", "east",
         timeout=120,
     )  # fmt: skip
-    agent.run("sh", "-c", "systemctl daemon-reload && systemctl enable --now wg-fleet-client.timer")
+    agent.run(
+        "sh", "-c",
+        "systemctl daemon-reload"
+        " && systemctl enable --now wg-fleet-client.service wg-fleet-client.timer",
+        timeout=240,
+    )  # fmt: skip
     fqdn = f"e2e-agent.east.{DOMAIN}"
     wait_for(lambda: fqdn in deployment.hosts_file(), 15, f"{fqdn} in the hosts file")
-    assert agent.run("systemctl", "is-active", "wg-fleet-client.timer").strip() == "active"
-    assert agent.run(
-        "systemctl", "show", "-p", "Unit", "--value", "wg-fleet-client.timer"
-    ).strip() == "wg-fleet-client.service"
+    for unit in ("wg-fleet-client.service", "wg-fleet-client.timer"):
+        assert agent.run("systemctl", "is-active", unit).strip() == "active", unit
+    assert (
+        agent.run("systemctl", "show", "-p", "Unit", "--value", "wg-fleet-client.timer").strip()
+        == "wg-fleet-client-ping.service"
+    )
 
     # The server forgets the machine (its row deleted while the service is stopped):
     # the next run of the timer's service registers it again and its name comes back.
@@ -395,10 +407,19 @@ def test_the_client_agent_timer_enrolls_a_machine(deployment: Deployment) -> Non
     server.run("systemctl", "start", "wg-fleet")
     deployment.wait_healthy("wg-fleet to answer", 30)
     wait_for(lambda: fqdn not in deployment.hosts_file(), 15, f"{fqdn} to leave the hosts file")
-    agent.run("systemctl", "start", "wg-fleet-client.service", timeout=240)
-    result = agent.run("systemctl", "show", "-p", "Result", "--value", "wg-fleet-client.service")
+    agent.run("systemctl", "start", "wg-fleet-client-ping.service", timeout=240)
+    result = agent.run(
+        "systemctl", "show", "-p", "Result", "--value", "wg-fleet-client-ping.service"
+    )
     assert result.strip() == "success"
     wait_for(lambda: fqdn in deployment.hosts_file(), 15, f"{fqdn} back in the hosts file")
     agent_address = deployment.hosts_file().split(fqdn)[0].split()[-1]
     assert agent_address in json.dumps(deployment.api("/api/fleets/east/clients")[1])
     assert agent.ok("ping", "-6", "-c", "1", "-W", "5", EAST_ADDRESS)
+
+    # A clean shutdown stops wg-fleet-client.service, whose ExecStop leaves the fleet: the
+    # name is free at once, long before the server's prune_timeout would have freed it.
+    agent.poweroff()
+    assert fqdn not in deployment.hosts_file()
+    clients = deployment.api("/api/fleets/east/clients")[1]
+    assert agent_address not in json.dumps(clients)

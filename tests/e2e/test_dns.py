@@ -105,6 +105,7 @@ def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune
             "prune_interval": "1s",
             "hosts_file": str(dns / "hosts"),
             "prometheus_targets_file": str(tmp_path / "targets.json"),
+            "node": "lab",
             "fleets": {fleet: settings},
         },
     )
@@ -114,13 +115,13 @@ def test_a_name_resolves_after_its_ping_follows_a_rename_and_goes_with_the_prune
 
     target = f"[{body['address']}]:9100"
     wait_for(
-        lambda: targets(tmp_path / "targets.json") == [(target, {"fleet": fleet})],
+        lambda: targets(tmp_path / "targets.json") == [(target, {"fleet": fleet, "node": "lab"})],
         10,
         "the new client in the targets file",
     )
     assert ping(client, fleet, settings, {"hostname": "digger"})[1]["fqdn"] == name
     wait_for(lambda: query(lab.server, name) == body["address"], 10, f"{name} to resolve")
-    labelled = (target, {"fleet": fleet, "hostname": "digger"})
+    labelled = (target, {"fleet": fleet, "hostname": "digger", "node": "lab"})
     assert targets(tmp_path / "targets.json") == [labelled]
 
     assert ping(client, fleet, settings, {"hostname": "shovel"})[0] == 200
