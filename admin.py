@@ -198,6 +198,7 @@ async def fleet_page(
             "now": context.clock(),
             "refresh": REFRESH_SECONDS,
             "events": recent,
+            "admin": context.config.admin is not None,
         },
     )
 

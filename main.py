@@ -34,6 +34,7 @@ from access import (
     is_loopback,
     is_unprotected,
 )
+from actions import router as actions_router
 from admin import router as admin_router
 from command import CommandError, CommandRunner, ReportingRunner, Runner
 from config import Config, ConfigError, load_config
@@ -171,6 +172,7 @@ def create_app(
     app.include_router(groups_router)
     app.include_router(inventory_router)
     app.include_router(history_router)
+    app.include_router(actions_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
+from bans import banned_among, refusal
 from command import CommandError
 from config import Config, FleetConfig
 from database import CLIENTS, Database, UTCDateTime, advanced
@@ -114,7 +115,12 @@ def store_batch(
     """
     for _ in range(INSERT_ATTEMPTS):
         try:
-            outcomes = _store_batch(session, fleet, settings, batch, now)
+            banned = banned_among(session, (request.public_key for request in batch))
+            allowed = [request for request in batch if request.public_key not in banned]
+            stored = iter(_store_batch(session, fleet, settings, allowed, now) if allowed else [])
+            outcomes = [
+                refusal() if request.public_key in banned else next(stored) for request in batch
+            ]
             record_registered(session, fleet, node, now, batch, outcomes)
             session.commit()
             return outcomes

@@ -38,7 +38,7 @@ async def ping(running: Running, address: str, hostname: str | None = None) -> N
 
 async def events(running: Running, query: str = "") -> dict[str, Any]:
     async with running.client() as http:
-        response = await http.get(f"/api/events{query}")
+        response = await http.get(f"/api/events{query}", headers=basic("admin", PASSWORD))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
