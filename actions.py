@@ -97,7 +97,9 @@ class BansOut(BaseModel):
     bans: list[BanOut]
 
 
-ADMIN_ONLY: dict[int | str, dict[str, Any]] = {403: {"description": "No `admin` is configured: admin actions are off."}}
+ADMIN_ONLY: dict[int | str, dict[str, Any]] = {
+    403: {"description": "No `admin` is configured: admin actions are off."}
+}
 
 
 @router.delete(
