@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+import clientctl
 from access import (
     AdminAuth,
     RateLimiter,
@@ -277,7 +278,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="main.py",
         description="Run the wg-fleet server for the fleets in a YAML config. "
         "`main.py migrate --config PATH` only upgrades the database; "
-        "`main.py hash-password` prints a hash for the config's admin password.",
+        "`main.py hash-password` prints a hash for the config's admin password; "
+        "`main.py clients list|remove` lists or removes clients through a running server.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
     parser.add_argument("--host", help="listen address (default ::, dual stack)")
@@ -346,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
         return print_password_hash()
+    if argv[:1] == ["clients"]:
+        return clientctl.main(argv[1:])
     command = argv.pop(0) if argv[:1] == ["migrate"] else "serve"
     arguments = parse_arguments(argv)
     try:
