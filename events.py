@@ -29,6 +29,7 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_time", "time"),
         Index("ix_events_fleet_id", "fleet", "id"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

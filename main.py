@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -54,6 +55,7 @@ from reconcile import delete_outside_subnet
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
+from webhooks import Deliverer, start_cursors
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -67,6 +69,8 @@ async def start(context: AppContext) -> None:
     """Schema, server keys and configs, interfaces up, peers reconciled."""
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
+    urls = [hook.url for hook in config.webhooks]
+    await context.database.write(partial(start_cursors, urls=urls))
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
@@ -107,6 +111,7 @@ def create_app(
     *,
     runner: Runner | None = None,
     clock: Clock = utc_now,
+    webhook_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the app; nothing touches the database or WireGuard until the lifespan runs."""
 
@@ -134,6 +139,8 @@ def create_app(
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
+            deliverer = Deliverer(config, database, metrics, clock, webhook_transport)
+            deliverer.start()
             context.activity.start()
             app.state.pruner = pruner
             reload_on_hangup(pruner)
@@ -156,6 +163,7 @@ def create_app(
             finally:
                 stop_reloading_on_hangup()
                 await pruner.stop()
+                await deliverer.stop()
                 await context.activity.stop()
                 await context.status.close()
         finally:

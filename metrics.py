@@ -51,6 +51,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.webhook_deliveries = Counter(
+            "wg_fleet_webhook_deliveries",
+            "Webhook delivery attempts by result: delivered, failed (retried) or given_up.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhook_pending = Gauge(
+            "wg_fleet_webhook_pending",
+            "Events waiting to be delivered, summed over the webhook URLs.",
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "given_up"):
+            self.webhook_deliveries.labels(result=result)
+
     def start_fleets(self, fleets: list[str]) -> None:
         """Export every fleet's series from the start, at zero, so rates are defined."""
         for fleet in fleets:
@@ -65,6 +79,9 @@ class Metrics:
 
     def pruned_clients(self, fleet: str, count: int) -> None:
         self.pruned.labels(fleet=fleet, node=self._node_of(fleet)).inc(count)
+
+    def webhook_delivered(self, result: str) -> None:
+        self.webhook_deliveries.labels(result=result).inc()
 
     def command_failed(self, command: str) -> None:
         self.command_failures.labels(command=command).inc()

@@ -266,3 +266,17 @@ async def test_leaving_is_left_and_nothing_else(
     assert [kind for kind, _ in kinds(body)] == ["registered", "renamed", "online", "left"]
     left = body["events"][-1]
     assert (left["address"], left["hostname"]) == (client["address"], "excavator")
+
+
+async def test_ids_are_never_reused_after_retention_empties_the_log(
+    start_app: StartApp, clock: FakeClock
+) -> None:
+    async with start_app(event_retention="1h", prune_timeout="1d") as running:
+        await register(running)
+        before = (await events(running))["last_id"]
+        clock.advance(hours=2)
+        await sweep_all(running.context)
+        assert (await events(running))["events"] == []
+        await register(running)
+        after = await events(running)
+    assert after["events"][0]["id"] > before

@@ -30,6 +30,9 @@ def upgrade() -> None:
         sa.Column("public_key", text(44), nullable=True),
         sa.Column("hostname", text(63), nullable=True),
         sa.Column("detail", sa.Text(), nullable=False, server_default="{}"),
+        # Ids are never reused (not even after retention empties the table), so that a
+        # webhook's cursor and an API client's `after` stay meaningful.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_events_time", "events", ["time"])
     op.create_index("ix_events_fleet_id", "events", ["fleet", "id"])
