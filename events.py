@@ -53,7 +53,8 @@ class ServerKey(Base):
 
 
 class WebhookCursor(Base):
-    """Per webhook URL, the id of the last event it was given (delivered or given up)."""
+    """Per node and webhook URL ("<node> <url>"), the id of the last event handed over
+    (delivered or given up)."""
 
     __tablename__ = "webhook_cursors"
 

@@ -55,7 +55,7 @@ from reconcile import delete_outside_subnet
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
-from webhooks import Deliverer, start_cursors
+from webhooks import Deliverer, cursor_key, start_cursors
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -69,8 +69,8 @@ async def start(context: AppContext) -> None:
     """Schema, server keys and configs, interfaces up, peers reconciled."""
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
-    urls = [hook.url for hook in config.webhooks]
-    await context.database.write(partial(start_cursors, urls=urls))
+    keys = [cursor_key(config.node, hook.url) for hook in config.webhooks]
+    await context.database.write(partial(start_cursors, keys=keys))
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)

@@ -8,6 +8,9 @@ backoff (1 s doubling to 5 min); an event older than `webhook_give_up` is given 
 (logged) and the worker moves on. The workers are lifespan-owned tasks using their own
 HTTP client: a slow or dead receiver never holds up a registration or a ping.
 
+Where nodes share a database, each node delivers the events it recorded (its own
+fleets'), with a cursor of its own per URL: no event is sent twice by two nodes.
+
 Signature: `X-WG-Fleet-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`
 with `X-WG-Fleet-Timestamp` the unix seconds at sending.
 """
@@ -54,8 +57,12 @@ def backoff(failures: int) -> float:
     return min(LAST_RETRY, FIRST_RETRY * 2.0 ** max(failures - 1, 0))
 
 
-def _matching(hook: WebhookConfig, after: int) -> Any:
-    query = select(Event).where(Event.id > after)
+def cursor_key(node: str, url: str) -> str:
+    return f"{node} {url}"
+
+
+def _matching(hook: WebhookConfig, node: str, after: int) -> Any:
+    query = select(Event).where(Event.id > after, Event.node == node)
     if hook.events:
         query = query.where(Event.type.in_(hook.events))
     if hook.fleets:
@@ -63,13 +70,13 @@ def _matching(hook: WebhookConfig, after: int) -> Any:
     return query
 
 
-def start_cursors(session: Session, urls: list[str]) -> None:
+def start_cursors(session: Session, keys: list[str]) -> None:
     """A URL seen for the first time starts after the newest event (no history replayed).
     Called before the start-up pass, so the events that pass records are delivered."""
     newest = session.scalar(select(func.max(Event.id))) or 0
-    for url in urls:
-        if session.get(WebhookCursor, url) is None:
-            session.add(WebhookCursor(url=url, last_id=newest))
+    for key in keys:
+        if session.get(WebhookCursor, key) is None:
+            session.add(WebhookCursor(url=key, last_id=newest))
     session.commit()
 
 
@@ -78,10 +85,13 @@ def read_cursor(session: Session, url: str) -> int:
     return cursor.last_id if cursor is not None else 0
 
 
-def pending_after(session: Session, hook: WebhookConfig, after: int) -> tuple[list[Event], int]:
-    """The next events for `hook` after `after` and how many are waiting in all."""
-    batch = list(session.scalars(_matching(hook, after).order_by(Event.id).limit(BATCH)))
-    waiting = session.scalar(select(func.count()).select_from(_matching(hook, after).subquery()))
+def pending_after(
+    session: Session, hook: WebhookConfig, node: str, after: int
+) -> tuple[list[Event], int]:
+    """The next events of `node` for `hook` after `after` and how many are waiting."""
+    matching = _matching(hook, node, after)
+    batch = list(session.scalars(matching.order_by(Event.id).limit(BATCH)))
+    waiting = session.scalar(select(func.count()).select_from(matching.subquery()))
     return batch, int(waiting or 0)
 
 
@@ -143,10 +153,12 @@ class Deliverer:
             await asyncio.sleep(POLL_SECONDS)
 
     async def _deliver_waiting(self, hook: WebhookConfig) -> None:
-        after = await self._database.read(lambda session: read_cursor(session, hook.url))
+        node = self._config.node
+        key = cursor_key(node, hook.url)
+        after = await self._database.read(lambda session: read_cursor(session, key))
         while True:
             batch, waiting = await self._database.read(
-                partial(pending_after, hook=hook, after=after)
+                partial(pending_after, hook=hook, node=node, after=after)
             )
             self._set_pending(hook.url, waiting)
             if not batch:
@@ -154,7 +166,7 @@ class Deliverer:
             for event in batch:
                 await self._deliver(hook, event)
                 after = event.id
-                await self._database.write(partial(advance, url=hook.url, event_id=after))
+                await self._database.write(partial(advance, url=key, event_id=after))
                 waiting -= 1
                 self._set_pending(hook.url, waiting)
 

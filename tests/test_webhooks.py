@@ -18,6 +18,7 @@ import pytest
 
 import webhooks
 from config import Config
+from events import record
 from tests.conftest import FLEET
 from tests.fakes import FakeClock
 from tests.test_events import ping, register
@@ -202,3 +203,20 @@ async def test_a_slow_receiver_does_not_slow_registration(
             await register(running)
         elapsed = time.monotonic() - started
     assert elapsed < 1.5, f"five registrations took {elapsed:.1f} s"
+
+
+async def test_each_node_delivers_only_what_it_recorded(
+    start_app: StartApp, receiver: Receiver, clock: FakeClock
+) -> None:
+    """Nodes sharing a database: an event another node recorded is that node's to send."""
+    async with start_app(webhooks=[hook(receiver)], node="east-1") as running:
+        await running.context.database.write(
+            lambda session: (
+                record(session, "registered", fleet="beta", node="west-1", time=clock.now),
+                session.commit(),
+            )
+        )
+        await register(running)
+        await until(lambda: len(receiver.delivered()) == 1)
+        await asyncio.sleep(0.3)
+    assert [e["node"] for e in receiver.delivered()] == ["east-1"]
