@@ -7,11 +7,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from alembic import command
+from sqlalchemy import inspect, select, text
 
 import leaving
-from database import Client
+from database import Client, Database
 from events import Event
+from migrations import alembic_config, upgrade
 from pruning import sweep_all
 from tests.conftest import FLEET, Running
 from tests.fakes import FakeClock, FakeWireGuard
@@ -280,3 +282,37 @@ async def test_ids_are_never_reused_after_retention_empties_the_log(
         await register(running)
         after = await events(running)
     assert after["events"][0]["id"] > before
+
+
+@pytest.mark.both_backends
+def test_migration_0003_upgrades_an_existing_database_and_downgrades(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        upgrade(database.engine, "0002")
+        with database.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO clients (fleet, address, public_key, source_ip, registered_at,"
+                    " last_seen, last_active) VALUES ('alpha', 'fd00:1::2', 'k', '192.0.2.1',"
+                    " '2026-01-01 00:00:00', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+                )
+            )
+        database.migrate()
+        with database.engine.connect() as connection:
+            row = connection.execute(text("SELECT address, reported_online FROM clients")).one()
+            tables = set(inspect(connection).get_table_names())
+        config = alembic_config()
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "0002")
+        with database.engine.connect() as connection:
+            after = set(inspect(connection).get_table_names())
+            columns = {c["name"] for c in inspect(connection).get_columns("clients")}
+            kept = connection.execute(text("SELECT address FROM clients")).scalar_one()
+    finally:
+        database.close()
+    assert (row[0], bool(row[1])) == ("fd00:1::2", False)
+    assert {"events", "bans", "webhook_cursors", "server_keys"} <= tables
+    assert not {"events", "bans", "webhook_cursors", "server_keys"} & after
+    assert "reported_online" not in columns
+    assert kept == "fd00:1::2"
