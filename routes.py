@@ -37,7 +37,8 @@ TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
 
 
 def caller_address(request: Request, context: AppContext) -> tuple[IPAddress, bool]:
-    """The client's address (see `resolve_client_ip`) and whether a proxy vouched for it."""
+    """The client's address (see `resolve_client_ip`) and whether a proxy vouched for it;
+    for registration, which believes `trusted_proxies` (pings never do)."""
     peer = request.client.host if request.client else "::"
     try:
         return resolve_client_ip(
@@ -134,17 +135,24 @@ class PingResponse(BaseModel):
 
 
 def tunnel_caller(request: Request, context: AppContext, fleet: str) -> IPv6Address:
-    """The pinging client's address, which must have come through the fleet's tunnel."""
+    """The pinging client's address, which must have come through the fleet's tunnel.
+
+    Only the connection itself counts: its source address, which WireGuard
+    authenticated, and the address it arrived at. Forwarded headers are never read
+    here, whatever `trusted_proxies` says: a proxy cannot vouch for a tunnel.
+    """
     settings = context.registry.fleet(fleet)
-    source, proxied = caller_address(request, context)
+    try:
+        source = normalize_ip(request.client.host if request.client else "")
+    except ValueError:
+        raise BadRequest("The client address is not an IP address.") from None
     if not isinstance(source, IPv6Address) or source not in settings.subnet:
         raise NotInFleet(
             f"Pings must come through the tunnel of fleet {fleet}: "
             f"{source} is not in {settings.subnet}."
         )
-    # Behind a trusted proxy the connection arrives at the proxy's address instead.
     server = request.scope.get("server")
-    if not proxied and (server is None or not _is_address(server[0], settings.ip6)):
+    if server is None or not _is_address(server[0], settings.ip6):
         raise NotInFleet(
             f"Pings must be sent to the fleet's address {settings.ip6} through the tunnel."
         )
