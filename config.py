@@ -34,6 +34,7 @@ DEFAULT_HOSTS_FILE = Path("/run/wg_fleet_hosts")
 DEFAULT_WIREGUARD_DIR = Path("/etc/wireguard")
 DEFAULT_HOST = "::"
 DEFAULT_PORT = 8000
+DEFAULT_IPV6_PREFIX = 64
 
 FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 FLEET_NAME_MAX = 12  # "wg_" + 12 characters fits Linux's 15-character interface names
@@ -42,7 +43,6 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 DURATION_PART = re.compile(r"(\d+)([dhms])")
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
 
 
 class ConfigError(Exception):
@@ -135,9 +135,7 @@ def parse_allowed_hosts(value: object) -> tuple[str, ...]:
         except ValueError:
             pass
         if not _is_dns_name(name):
-            raise ValueError(
-                f"{item!r} is not a host name, a *.domain wildcard or an IP address"
-            )
+            raise ValueError(f"{item!r} is not a host name, a *.domain wildcard or an IP address")
         hosts.append(text)
     if "*" in hosts and len(hosts) > 1:
         raise ValueError('"*" admits every host and cannot be combined with others')
@@ -191,7 +189,7 @@ class RateLimit(_Frozen):
 
     requests: int = Field(ge=1, strict=True)
     per: Duration
-    ipv6_prefix: int = Field(default=64, ge=1, le=128, strict=True)
+    ipv6_prefix: int = Field(default=DEFAULT_IPV6_PREFIX, ge=1, le=128, strict=True)
 
 
 class FleetConfig(_Frozen):

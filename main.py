@@ -27,16 +27,11 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from access import (
-    AdminAuth,
-    RateLimiter,
-    hash_password,
-    is_loopback,
-    is_unprotected,
-)
+from access import RateLimiter, is_loopback, is_unprotected
 from admin import router as admin_router
+from admin_auth import AdminAuth, hash_password
 from command import CommandError, CommandRunner, ReportingRunner, Runner
-from config import Config, ConfigError, load_config
+from config import DEFAULT_IPV6_PREFIX, Config, ConfigError, load_config
 from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
@@ -158,7 +153,14 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
-        app.add_middleware(AdminAuth, admin=config.admin)
+        app.add_middleware(
+            AdminAuth,
+            admin=config.admin,
+            trusted_proxies=config.trusted_proxies,
+            ipv6_prefix=config.register_rate_limit.ipv6_prefix
+            if config.register_rate_limit
+            else DEFAULT_IPV6_PREFIX,
+        )
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-from access import RateLimiter, hash_password
+from access import RateLimiter
+from admin_auth import hash_password
 from config import RateLimit
 from tests.conftest import FLEET
 

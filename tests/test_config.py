@@ -308,8 +308,7 @@ def test_minimal_config_gets_defaults() -> None:
         ),
         pytest.param(
             lambda d: d.update(allowed_hosts=["*", "wg.example.org"]),
-            'test.yaml: allowed_hosts: "*" admits every host and cannot be combined with '
-            "others.",
+            'test.yaml: allowed_hosts: "*" admits every host and cannot be combined with others.',
             id="star-with-others",
         ),
     ],

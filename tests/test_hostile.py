@@ -411,9 +411,7 @@ async def test_pings_ignore_forwarded_headers_even_from_trusted_proxies(
         local_to_loopback = await ping_as(
             running, "::1", "::1", **{"x-forwarded-for": client["address"]}
         )
-        garbage = await ping_as(
-            running, client["address"], **{"x-forwarded-for": "not-an-address"}
-        )
+        garbage = await ping_as(running, client["address"], **{"x-forwarded-for": "not-an-address"})
         stored = await rows(running)
     assert_refused(spoofed, 404)  # judged by the real peer address, which is unregistered
     assert_refused(from_proxy, 404)
