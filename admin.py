@@ -241,11 +241,7 @@ async def health(context: ContextDep) -> JSONResponse:
     except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
         problems.append(f"the database does not answer: {type(error).__name__}")
     for fleet in context.config.local_fleets:
-        try:
-            up = await context.wireguard.is_up(fleet)
-        except Exception:  # noqa: BLE001 - `ip` itself failing counts as down
-            up = False
-        if not up:
+        if not await context.link_states.is_up(fleet):
             problems.append(f"interface {interface_name(fleet)} is down")
     body: dict[str, Any] = (
         {"status": "fail", "problems": problems} if problems else {"status": "pass"}
