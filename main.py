@@ -36,6 +36,7 @@ from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
+from hostcheck import AllowedHosts, default_allowed_hosts
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
@@ -161,6 +162,10 @@ def create_app(
             if config.register_rate_limit
             else DEFAULT_IPV6_PREFIX,
         )
+    # Outermost: a request for another host costs nothing further, not even a log-in.
+    app.add_middleware(
+        AllowedHosts, allowed_hosts=config.allowed_hosts or default_allowed_hosts(config)
+    )
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:
