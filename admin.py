@@ -18,7 +18,16 @@ from context import AppContext
 from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
-from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
+from listing import (
+    SORTS,
+    Cursor,
+    InvalidCursor,
+    InvalidSearch,
+    Page,
+    Sort,
+    check_search,
+    select_page,
+)
 from routes import ContextDep, TemplatesDep
 from status import ONLINE_WINDOW
 from wireguard import interface_name
@@ -94,7 +103,8 @@ async def client_page(
         raise FleetNotFound(fleet)
     try:
         position = Cursor.decode(cursor, sort) if cursor else None
-    except InvalidCursor as error:
+        q = check_search(q)
+    except (InvalidCursor, InvalidSearch) as error:
         raise BadRequest(str(error)) from None
     page = await context.database.read(
         lambda session: select_page(

@@ -63,8 +63,7 @@ def split_host(header: str) -> str | None:
 
 
 def _address(text: str) -> IPAddress | None:
-    if "%" in text:
-        return None
+    """The address `text` spells (any IPv6 zone dropped), or None for a name."""
     try:
         return normalize_ip(text)
     except ValueError:
