@@ -146,6 +146,10 @@ def create_app(
         title="wg-fleet",
         summary="Registration, hostnames and monitoring for fleets of WireGuard clients.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their JavaScript from a CDN: not from a service that
+        # hands out keys (and an isolated network has no CDN). /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     templates = make_templates()
     app.state.templates = templates

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv6Address
 
@@ -52,7 +52,7 @@ Clock = Callable[[], datetime]
 class Registration:
     address: IPv6Address
     public_key: str
-    config: str
+    config: str = field(repr=False)  # may hold the client's private key
     created: bool
 
 

@@ -6,7 +6,7 @@ import logging
 from ipaddress import IPv6Address
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -72,7 +72,10 @@ class RegisterRequest(BaseModel):
 
 class RegisterResponse(BaseModel):
     status: Literal["success"] = "success"
-    config: str = Field(description="A wg-quick configuration file for the client.")
+    config: str = Field(
+        description="A wg-quick configuration file for the client.",
+        repr=False,  # it may hold the client's private key
+    )
     address: str
     public_key: str
 
@@ -94,10 +97,13 @@ class RegisterResponse(BaseModel):
 async def register(
     fleet: str,
     request: Request,
+    response: Response,
     context: ContextDep,
     body: RegisterRequest | None = None,
 ) -> RegisterResponse:
     """Register a client: allocate an address, add the peer, return a wg-quick config."""
+    # The answer may hold a private key: no cache (browser, proxy) may keep it.
+    response.headers["Cache-Control"] = "no-store"
     settings = context.registry.fleet(fleet)
     source, _ = caller_address(request, context)
     check_registration(
