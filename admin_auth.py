@@ -2,9 +2,11 @@
 that nobody who can reach the port stalls the service by guessing passwords.
 
 argon2 is slow on purpose (tens of MiB and a good fraction of a second per check), so:
-- a check runs in one worker thread of its own at the lowest CPU priority (nice 19),
-  never on the event loop; at most `MAX_PENDING` checks wait for it, and an attempt
-  beyond that gets 429 at once;
+- a check runs in one worker thread of its own, never on the event loop, at the
+  lowest CPU priority (nice 19) where that is allowed (the systemd unit's seccomp
+  filter forbids it), and never takes more than `MAX_DUTY` of a CPU: after each check
+  the worker rests three times as long as the check took. At most `MAX_PENDING`
+  checks wait for it; an attempt beyond that gets 429 at once;
 - a wrong username is checked against the configured hash all the same (a dummy
   check that costs what a wrong password costs, by construction), so usernames cannot
   be told apart by timing;
@@ -50,6 +52,7 @@ logger = logging.getLogger(__name__)
 OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping)|GET /health)$")
 VERIFIED_CACHE = 64  # credential digests remembered after a successful argon2 check
 MAX_PENDING = 8  # argon2 checks running or waiting at once
+MAX_DUTY = 0.25  # the largest share of one CPU that argon2 checks may take
 FAILURES = 10  # failed attempts per source within FAILURE_WINDOW
 FAILURE_WINDOW = timedelta(minutes=5)
 REFUSAL_DELAY = 1.0  # seconds: the earliest a refused credential is answered
@@ -103,6 +106,7 @@ class AdminAuth:
         )
         self._worker: ThreadPoolExecutor | None = None
         self._pending = 0
+        self._rested_at = 0.0  # (worker thread) when the next check may begin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or OPEN_ROUTES.match(f"{scope['method']} {scope['path']}"):
@@ -185,10 +189,17 @@ class AdminAuth:
         return hmac.compare_digest(username, self._username) and password_ok
 
     def _verify(self, password: bytes) -> bool:
+        """In the worker thread: one argon2 check, after the rest that keeps the checks'
+        share of a CPU at `MAX_DUTY` at most."""
+        time.sleep(max(0.0, self._rested_at - time.monotonic()))
+        begun = time.thread_time()
         try:
             return self._hasher.verify(self._hash, password)
         except (VerificationError, InvalidHashError):
             return False
+        finally:
+            used = time.thread_time() - begun
+            self._rested_at = time.monotonic() + used * (1 / MAX_DUTY - 1)
 
     def _remember(self, digest: bytes) -> None:
         self._verified[digest] = None

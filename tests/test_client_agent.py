@@ -623,3 +623,126 @@ def test_shellcheck_finds_nothing() -> None:
         ["shellcheck", "-s", "sh", str(SCRIPT)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
+
+
+def with_routes(allowed_ips: str, extra_peer: str = "") -> str:
+    config = (
+        f"[Interface]\nAddress = fd00::1234/128\n\n[Peer]\nPublicKey = {SERVER_KEY}\n"
+        f"Endpoint = 198.18.0.1:51823\nAllowedIPs = {allowed_ips}\n{extra_peer}"
+    )
+    return answer(200, {"status": "success", "config": config, "address": "fd00::1234"})
+
+
+@pytest.mark.parametrize(
+    "allowed_ips",
+    [
+        "0.0.0.0/0",
+        "::/0",
+        "fd00::1/128, 0.0.0.0/0, ::/0",
+        "0.0.0.0/1, 128.0.0.0/1",
+        "::/1, 8000::/1",
+        "2000::/3",
+        "10.0.0.0/7",
+        "fd00::/15",
+        "fd00::1/128,0/0",
+    ],
+)
+def test_routes_wider_than_the_fleet_are_refused(agent: Agent, allowed_ips: str) -> None:
+    agent.queue("register", with_routes(allowed_ips))
+    result = agent.up()
+    assert result.code == 1
+    assert "--allow-routes" in one_sentence(result.stderr)
+    assert "would route more than the fleet" in result.stderr
+    assert not agent.conf.exists()
+    assert agent.tunnel_calls() == []
+
+
+def test_narrow_routes_are_accepted(agent: Agent) -> None:
+    agent.queue("register", with_routes("fd00::1/128, fd00::/16, 10.0.0.0/8, 192.0.2.7"))
+    result = agent.up()
+    assert result.code == 0, result
+    assert "AllowedIPs = fd00::1/128, fd00::/16, 10.0.0.0/8, 192.0.2.7" in agent.conf.read_text()
+
+
+SECOND_PEER = f"\n[Peer]\nPublicKey = {OTHER_SERVER_KEY}\nAllowedIPs = fd01::/64\n"
+
+
+def test_a_second_peer_is_refused(agent: Agent) -> None:
+    agent.queue("register", with_routes("fd00::1/128", SECOND_PEER))
+    result = agent.up()
+    assert result.code == 1
+    assert "second [Peer]" in one_sentence(result.stderr)
+    assert not agent.conf.exists()
+
+
+def test_allow_routes_accepts_them_and_is_remembered(agent: Agent) -> None:
+    wide = with_routes("0.0.0.0/0, ::/0", SECOND_PEER)
+    agent.queue("register", wide)
+    assert agent.up("--allow-routes").code == 0
+    assert "AllowedIPs = 0.0.0.0/0, ::/0" in agent.conf.read_text()
+    assert agent.conf.read_text().count("[Peer]") == 2
+    assert "allow_routes=1" in agent.state.read_text().splitlines()
+    # A later `ping` that registers again still accepts them.
+    agent.queue("ping", answer(404, {"detail": "gone"}), pinged())
+    agent.queue("register", wide)
+    assert agent.run("ping").code == 0
+
+
+def test_curl_ignores_curlrc_and_limits_answers(agent: Agent) -> None:
+    assert agent.up().code == 0
+    curls = [line.split() for line in agent.log() if line.startswith("curl ")]
+    assert len(curls) == 2  # register, ping
+    for argv in curls:
+        assert argv[1] == "-q"  # only as the first argument does -q skip ~/.curlrc
+        assert argv[argv.index("--max-filesize") + 1] == "65536"
+
+
+@pytest.mark.parametrize("kind", ["register", "ping"])
+def test_an_oversized_answer_is_refused(agent: Agent, kind: str) -> None:
+    huge = answer(200, {"status": "ok", "padding": "x" * 70000})
+    agent.queue(kind, huge)
+    result = agent.up()
+    assert result.code == 1
+    assert "larger than 65536 bytes" in one_sentence(result.stderr)
+
+
+def test_an_https_server_with_its_own_ca(agent: Agent, tmp_path: Path) -> None:
+    ca = tmp_path / "fleet-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    server = "https://wg.example.org:8443"
+    result = agent.run(
+        "up", "--server", server, "--fleet", FLEET, "--cacert", str(ca), "--ping-port", "8000"
+    )
+    assert result.code == 0, result
+    register, ping = (line.split() for line in agent.log() if line.startswith("curl "))
+    assert register[register.index("--cacert") + 1] == str(ca)
+    assert register[-1] == f"{server}/fleet/{FLEET}/register"
+    assert "--cacert" not in ping  # the ping goes through the tunnel, to wg-fleet itself
+    assert ping[-1] == f"http://[fd00::1]:8000/fleet/{FLEET}/ping"
+    state = agent.state.read_text().splitlines()
+    assert f"cacert={ca}" in state
+    assert "ping_port=8000" in state
+    agent.clear_logs()
+    agent.queue("ping", answer(404, {"detail": "gone"}), pinged())
+    assert agent.run("ping").code == 0
+    again = next(line.split() for line in agent.log() if "/register" in line)
+    assert again[again.index("--cacert") + 1] == str(ca)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--server", SERVER, "--cacert", "/etc/hostname"], "--cacert needs an https:// server"),
+        (["--server", "https://x:8443", "--cacert", "/nonexistent/ca.pem"], "not a readable"),
+        (["--server", "https://x:8443", "--cacert", "relative.pem"], "absolute path"),
+        (["--server", SERVER, "--ping-port", "80a"], "--ping-port must be a port number"),
+        (["--server", SERVER, "--ping-port", "0"], "--ping-port must be a port number"),
+    ],
+)
+def test_bad_tls_and_port_options_are_usage_errors(
+    agent: Agent, args: list[str], problem: str
+) -> None:
+    result = agent.run("up", "--fleet", FLEET, *args)
+    assert result.code == 2, result
+    assert problem in one_sentence(result.stderr)
+    assert agent.log() == []

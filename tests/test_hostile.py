@@ -539,16 +539,25 @@ TUNNEL_CLIENT = "fd00:1::5"
 
 
 class Caller:
-    """Presents every HTTP request as coming from `client` and arriving at `server`."""
+    """Presents every HTTP request as coming from `client` and arriving at `server`,
+    with the Host header a client dialling `server`'s address sends."""
 
     def __init__(self, app: ASGIApp, client: tuple[str, int], server: tuple[str, int]) -> None:
         self.app = app
         self.client = client
         self.server = server
+        host = f"[{server[0]}]" if ":" in server[0] else server[0]
+        self.host = f"{host}:{server[1]}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            scope = {**scope, "client": self.client, "server": self.server}
+            headers = [(k, v) for k, v in scope["headers"] if k != b"host"]
+            scope = {
+                **scope,
+                "client": self.client,
+                "server": self.server,
+                "headers": [(b"host", self.host), *headers],
+            }
         await self.app(scope, receive, send)
 
 
