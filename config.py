@@ -169,7 +169,7 @@ class ListenConfig(_Frozen):
 
 
 class AdminConfig(_Frozen):
-    """HTTP Basic credentials for the dashboard, the JSON API, /metrics and /docs."""
+    """HTTP Basic credentials for the dashboard, the JSON API, /metrics and /openapi.json."""
 
     username: str = Field(min_length=1)
     password_hash: SecretStr
