@@ -746,3 +746,113 @@ def test_bad_tls_and_port_options_are_usage_errors(
     assert result.code == 2, result
     assert problem in one_sentence(result.stderr)
     assert agent.log() == []
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wg-fleet test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_real_curl_verifies_an_https_server_with_cacert(agent: Agent, tmp_path: Path) -> None:
+    """Real curl (only wg and wg-quick are fakes) against a TLS server on loopback: refused
+    without the private CA, enrolled with --cacert; the ping goes to [::1] over HTTP."""
+    import http.server
+    import ssl
+    import threading
+
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    config = server_config().replace("AllowedIPs = fd00::1/128", "AllowedIPs = ::1/128")
+    bodies = {
+        "register": json.dumps({"status": "success", "config": config, "address": "fd00::1234"}),
+        "ping": json.dumps({"status": "ok", "hostname": "test-host", "fqdn": None}),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = bodies["register" if self.path.endswith("/register") else "ping"].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = __import__("socket").AF_INET6
+
+    tls = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    tls.socket = context.wrap_socket(tls.socket, server_side=True)
+    plain = V6Server(("::1", 0), Handler)
+    servers = [tls, plain]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    (agent.bin / "curl").unlink()  # the real one from here on
+    url = f"https://127.0.0.1:{tls.server_address[1]}"
+    options = ("--server", url, "--fleet", FLEET, "--ping-port", str(plain.server_address[1]))
+    try:
+        untrusted = agent.run("up", *options)
+        trusted = agent.run("up", *options, "--cacert", str(ca_file))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert untrusted.code == 1
+    assert "could not register" in one_sentence(untrusted.stderr)
+    assert "certificate" in untrusted.stderr.lower()
+    assert trusted.code == 0, trusted
+    assert "Address = fd00::1234/128" in agent.conf.read_text()
+    assert "wt0 is in fleet south" in trusted.stdout  # the ping through [::1] answered
