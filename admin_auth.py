@@ -4,8 +4,8 @@ that nobody who can reach the port stalls the service by guessing passwords.
 argon2 is slow on purpose (tens of MiB and a good fraction of a second per check), so:
 - a check runs in one worker thread of its own, never on the event loop, at the
   lowest CPU priority (nice 19) where that is allowed (the systemd unit's seccomp
-  filter forbids it), and never takes more than `MAX_DUTY` of a CPU: after each check
-  the worker rests three times as long as the check took. At most `MAX_PENDING`
+  filter forbids it), and runs at most `MAX_DUTY` of the time once a burst of `BURST`
+  seconds of checks is spent (a typo costs no wait). At most `MAX_PENDING`
   checks wait for it; an attempt beyond that gets 429 at once;
 - a wrong username is checked against the configured hash all the same (a dummy
   check that costs what a wrong password costs, by construction), so usernames cannot
@@ -52,7 +52,8 @@ logger = logging.getLogger(__name__)
 OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping)|GET /health)$")
 VERIFIED_CACHE = 64  # credential digests remembered after a successful argon2 check
 MAX_PENDING = 8  # argon2 checks running or waiting at once
-MAX_DUTY = 0.25  # the largest share of one CPU that argon2 checks may take
+MAX_DUTY = 0.1  # the largest share of the time that argon2 checks may run…
+BURST = 2.0  # …after a burst of this many seconds of checks
 FAILURES = 10  # failed attempts per source within FAILURE_WINDOW
 FAILURE_WINDOW = timedelta(minutes=5)
 REFUSAL_DELAY = 1.0  # seconds: the earliest a refused credential is answered
@@ -106,7 +107,8 @@ class AdminAuth:
         )
         self._worker: ThreadPoolExecutor | None = None
         self._pending = 0
-        self._rested_at = 0.0  # (worker thread) when the next check may begin
+        self._budget = BURST  # (worker thread) seconds of checks allowed now
+        self._budget_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or OPEN_ROUTES.match(f"{scope['method']} {scope['path']}"):
@@ -189,17 +191,25 @@ class AdminAuth:
         return hmac.compare_digest(username, self._username) and password_ok
 
     def _verify(self, password: bytes) -> bool:
-        """In the worker thread: one argon2 check, after the rest that keeps the checks'
-        share of a CPU at `MAX_DUTY` at most."""
-        time.sleep(max(0.0, self._rested_at - time.monotonic()))
-        begun = time.thread_time()
+        """In the worker thread: one argon2 check, after the rest (if any) that keeps
+        the checks' share of the time at `MAX_DUTY` at most."""
+        # A budget of check time, refilled at MAX_DUTY seconds per second up to
+        # BURST: an occasional check runs at once, a stream of them at MAX_DUTY. Wall
+        # time, not this thread's CPU time: argon2 computes its lanes in threads of
+        # its own.
+        now = time.monotonic()
+        budget = min(BURST, self._budget + (now - self._budget_at) * MAX_DUTY)
+        if budget < 0:
+            time.sleep(-budget / MAX_DUTY)
+            budget = 0.0
+        begun = time.monotonic()
         try:
             return self._hasher.verify(self._hash, password)
         except (VerificationError, InvalidHashError):
             return False
         finally:
-            used = time.thread_time() - begun
-            self._rested_at = time.monotonic() + used * (1 / MAX_DUTY - 1)
+            self._budget_at = time.monotonic()
+            self._budget = budget - (self._budget_at - begun)
 
     def _remember(self, digest: bytes) -> None:
         self._verified[digest] = None

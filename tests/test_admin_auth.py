@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +26,12 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture(scope="module")
 def admin() -> dict[str, str]:
     return {"username": "admin", "password_hash": hash_password(PASSWORD)}
+
+
+@pytest.fixture(autouse=True)
+def no_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rest between argon2 checks, except where a test asks for it."""
+    monkeypatch.setattr(admin_auth, "MAX_DUTY", 1.0)
 
 
 @pytest.fixture
@@ -172,3 +179,30 @@ async def test_checks_beyond_the_bound_are_refused_at_once(
     assert busy.json() == {
         "detail": "Too many admin log-ins are being checked at once; try again in 1 s."
     }
+
+
+async def test_the_worker_rests_between_checks(
+    start_app: StartApp, admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_auth, "MAX_DUTY", 0.5)
+    monkeypatch.setattr(admin_auth, "BURST", 0.0)
+    monkeypatch.setattr(admin_auth, "REFUSAL_DELAY", 0.0)
+    spans: list[tuple[float, float]] = []
+    original = PasswordHasher.verify
+
+    def timed(self: PasswordHasher, hash: str | bytes, password: str | bytes) -> bool:
+        begun = time.monotonic()
+        try:
+            return original(self, hash, password)
+        finally:
+            spans.append((begun, time.monotonic()))
+
+    monkeypatch.setattr(PasswordHasher, "verify", timed)
+    async with start_app(admin=admin) as running:
+        await asyncio.gather(
+            *(get(running, f"192.0.2.{n}", basic("admin", "x")) for n in range(60, 63))
+        )
+    assert len(spans) == 3
+    for (begun, ended), (following, _) in itertools.pairwise(spans):
+        # At half the time: a rest at least as long as the check before it.
+        assert following - ended >= 0.9 * (ended - begun)

@@ -1,8 +1,9 @@
 """Load for tests/e2e/test_admin_load.py, run inside the server's namespace.
 
-    admin_load.py attack URL SECONDS CLIENTS   wrong admin passwords, each client from
-                                               an address of its own (127.0.0.x)
-    admin_load.py measure URL FLEET SECONDS    /health latencies and registrations
+    admin_load.py attack URL SECONDS CLIENTS    wrong admin passwords, each client from
+                                                an address of its own (127.0.0.x)
+    admin_load.py probe URL SECONDS             /health latencies
+    admin_load.py register URL FLEET SECONDS    registrations per second
 
 Prints one JSON object; `attack` first prints the line "started" once its first answer
 arrived, so that the test can measure while the attack is under way.
@@ -62,22 +63,28 @@ async def attack(url: str, seconds: float, clients: int) -> dict[str, object]:
     return {"statuses": {str(k): v for k, v in statuses.items()}}
 
 
-def measure(url: str, fleet: str, seconds: float) -> dict[str, object]:
+def probe(url: str, seconds: float) -> dict[str, object]:
+    """/health latencies, one request every PROBE_INTERVAL on a kept-alive connection
+    (a process of its own, so that no other thread of the load competes for its GIL)."""
     latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    with httpx.Client(timeout=30) as http:
+        while time.monotonic() < deadline:
+            begun = time.perf_counter()
+            response = http.get(f"{url}/health")
+            latencies.append(time.perf_counter() - begun)
+            assert response.status_code == 200, response.text
+            time.sleep(PROBE_INTERVAL)
+    return {"health": latencies}
+
+
+def register(url: str, fleet: str, seconds: float) -> dict[str, object]:
+    """Registrations from REGISTERING_THREADS threads, each one after the other."""
     registered = [0] * REGISTERING_THREADS
     failed = [0] * REGISTERING_THREADS
     deadline = time.monotonic() + seconds
 
-    def probe() -> None:
-        with httpx.Client(timeout=30) as http:
-            while time.monotonic() < deadline:
-                begun = time.perf_counter()
-                response = http.get(f"{url}/health")
-                latencies.append(time.perf_counter() - begun)
-                assert response.status_code == 200, response.text
-                time.sleep(PROBE_INTERVAL)
-
-    def register(index: int) -> None:
+    def loop(index: int) -> None:
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline:
                 response = http.post(f"{url}/fleet/{fleet}/register")
@@ -87,19 +94,15 @@ def measure(url: str, fleet: str, seconds: float) -> dict[str, object]:
                     failed[index] += 1
 
     begun = time.monotonic()
-    threads = [threading.Thread(target=probe)] + [
-        threading.Thread(target=register, args=(i,)) for i in range(REGISTERING_THREADS)
-    ]
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(REGISTERING_THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - begun
     return {
-        "seconds": elapsed,
+        "seconds": time.monotonic() - begun,
         "registrations": sum(registered),
         "failed": sum(failed),
-        "health": latencies,
     }
 
 
@@ -107,8 +110,10 @@ def main(argv: list[str]) -> None:
     mode, url = argv[0], argv[1]
     if mode == "attack":
         result = asyncio.run(attack(url, float(argv[2]), int(argv[3])))
+    elif mode == "probe":
+        result = probe(url, float(argv[2]))
     else:
-        result = measure(url, argv[2], float(argv[3]))
+        result = register(url, argv[2], float(argv[3]))
     print(json.dumps(result), flush=True)  # noqa: T201
 
 
