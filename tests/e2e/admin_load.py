@@ -1,7 +1,7 @@
 """Load for tests/e2e/test_admin_load.py, run inside the server's namespace.
 
-    admin_load.py attack URL SECONDS CLIENTS    wrong admin passwords, each client from
-                                                an address of its own (127.0.0.x)
+    admin_load.py attack URL SECONDS CLIENTS N  wrong admin passwords, each client from
+                                                an address of its own (127.0.N.x)
     admin_load.py probe URL SECONDS             /health latencies
     admin_load.py register URL FLEET SECONDS    registrations per second
 
@@ -25,7 +25,7 @@ PROBE_INTERVAL = 0.05
 REGISTERING_THREADS = 2
 
 
-async def attack(url: str, seconds: float, clients: int) -> dict[str, object]:
+async def attack(url: str, seconds: float, clients: int, subnet: int) -> dict[str, object]:
     """Keep-alive HTTP/1.1 over plain asyncio streams: the attack's own CPU cost stays
     small, so the machine's CPUs measure the server, not the load generator."""
     host, _, port = url.removeprefix("http://").rpartition(":")
@@ -35,7 +35,7 @@ async def attack(url: str, seconds: float, clients: int) -> dict[str, object]:
 
     async def one(number: int) -> None:
         reader, writer = await asyncio.open_connection(
-            host, int(port), local_addr=(f"127.0.0.{10 + number}", 0)
+            host, int(port), local_addr=(f"127.0.{subnet}.{10 + number}", 0)
         )
         attempt = 0
         while time.monotonic() < deadline:
@@ -80,36 +80,36 @@ def probe(url: str, seconds: float) -> dict[str, object]:
 
 def register(url: str, fleet: str, seconds: float) -> dict[str, object]:
     """Registrations from REGISTERING_THREADS threads, each one after the other."""
-    registered = [0] * REGISTERING_THREADS
+    done: list[float] = []  # seconds after the start at which each registration ended
     failed = [0] * REGISTERING_THREADS
-    deadline = time.monotonic() + seconds
+    begun = time.monotonic()
+    deadline = begun + seconds
 
     def loop(index: int) -> None:
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline:
                 response = http.post(f"{url}/fleet/{fleet}/register")
                 if response.status_code == 200:
-                    registered[index] += 1
+                    done.append(time.monotonic() - begun)
                 else:
                     failed[index] += 1
 
-    begun = time.monotonic()
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(REGISTERING_THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return {
-        "seconds": time.monotonic() - begun,
-        "registrations": sum(registered),
-        "failed": sum(failed),
-    }
+    per_second = [0] * int(seconds)
+    for moment in done:
+        if moment < len(per_second):
+            per_second[int(moment)] += 1
+    return {"per_second": per_second, "failed": sum(failed)}
 
 
 def main(argv: list[str]) -> None:
     mode, url = argv[0], argv[1]
     if mode == "attack":
-        result = asyncio.run(attack(url, float(argv[2]), int(argv[3])))
+        result = asyncio.run(attack(url, float(argv[2]), int(argv[3]), int(argv[4])))
     elif mode == "probe":
         result = probe(url, float(argv[2]))
     else:

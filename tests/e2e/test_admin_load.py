@@ -2,8 +2,10 @@
 
 50 clients, each from an address of its own, send wrong passwords for 10 s. Meanwhile
 /health must answer with a median under 20 ms and registrations must keep at least 80 %
-of the rate they had without the attack. The machine is shared, so the unloaded rate is
-measured right before and right after the attack, and the two are averaged.
+of the rate they had without the attack. The machine is shared with other work, so the
+measurement is made fair: the unloaded rate is measured right before and right after
+each attack, rates are medians of one-second counts, and three such rounds (each attack
+from fresh addresses) are made, their median ratio deciding.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ URL = f"http://127.0.0.1:{HTTP_PORT}"
 ATTACKERS = 50
 ATTACK_SECONDS = 10.0
 QUIET_SECONDS = 5.0
+ROUNDS = 3
 
 
 def start(lab: Lab, *args: str) -> subprocess.Popen[str]:
@@ -56,7 +59,9 @@ def measure(lab: Lab, fleet: str, seconds: float) -> dict[str, Any]:
 
 
 def rate(*runs: dict[str, Any]) -> float:
-    return sum(float(r["registrations"]) for r in runs) / sum(float(r["seconds"]) for r in runs)
+    """Registrations per second: the median over the runs' one-second bins, which a
+    burst of load from whatever else shares the machine barely moves."""
+    return float(statistics.median(n for run in runs for n in run["per_second"]))
 
 
 def test_wrong_passwords_do_not_stall_health_or_registrations(lab: Lab) -> None:
@@ -73,27 +78,33 @@ def test_wrong_passwords_do_not_stall_health_or_registrations(lab: Lab) -> None:
     )
     server.start()
 
-    before = measure(lab, fleet, QUIET_SECONDS)
-    attack = start(lab, "attack", URL, str(ATTACK_SECONDS), str(ATTACKERS))
-    try:
-        assert attack.stdout is not None
-        assert attack.stdout.readline().strip() == "started", attack.stderr
-        during = measure(lab, fleet, ATTACK_SECONDS - 1)
-    finally:
-        statuses = finish(attack, 120)["statuses"]
-    after = measure(lab, fleet, QUIET_SECONDS)
+    # Quiet, attack, quiet, attack, ...: each attack (from fresh addresses) is compared
+    # with the quiet windows on either side; the median of the rounds decides.
+    quiet = [measure(lab, fleet, QUIET_SECONDS)]
+    ratios, health, answers = [], [], []
+    for round_ in range(1, ROUNDS + 1):
+        attack = start(lab, "attack", URL, str(ATTACK_SECONDS), str(ATTACKERS), str(round_))
+        try:
+            assert attack.stdout is not None
+            assert attack.stdout.readline().strip() == "started", attack.stderr
+            during = measure(lab, fleet, ATTACK_SECONDS - 1)
+        finally:
+            answers.append(finish(attack, 120)["statuses"])
+        quiet.append(measure(lab, fleet, QUIET_SECONDS))
+        ratios.append(rate(during) / rate(quiet[-2], quiet[-1]))
+        health += during["health"]
 
-    unloaded, loaded = rate(before, after), rate(during)
-    health = statistics.median(during["health"])
-    quiet_health = statistics.median(before["health"] + after["health"])
+    quiet_health = statistics.median(h for q in quiet for h in q["health"])
     report = (
-        f"registrations/s unloaded {unloaded:.1f}, under attack {loaded:.1f}; /health "
-        f"median {quiet_health * 1000:.1f} ms unloaded, {health * 1000:.1f} ms under "
-        f"attack; attack answers {statuses}"
+        f"registrations under attack / unloaded: {', '.join(f'{r:.2f}' for r in ratios)} "
+        f"(unloaded {rate(*quiet):.1f}/s); /health median {quiet_health * 1000:.1f} ms "
+        f"unloaded, {statistics.median(health) * 1000:.1f} ms under attack; "
+        f"attack answers {answers}"
     )
     print(report)  # noqa: T201 - the figures, for the README
-    assert set(statuses) <= {"401", "429"}, report
-    assert sum(statuses.values()) >= ATTACKERS, report
-    assert health < 0.020, report
-    assert loaded >= 0.8 * unloaded, report
+    for statuses in answers:
+        assert set(statuses) <= {"401", "429"}, report
+        assert sum(statuses.values()) >= ATTACKERS, report
+    assert statistics.median(health) < 0.020, report
+    assert statistics.median(ratios) >= 0.8, report
     assert "wrong-" not in server.output()  # no password in the log
