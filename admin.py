@@ -20,7 +20,16 @@ from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
 from labels import InvalidLabel, parse_selector
-from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
+from listing import (
+    SORTS,
+    Cursor,
+    InvalidCursor,
+    InvalidSearch,
+    Page,
+    Sort,
+    check_search,
+    select_page,
+)
 from routes import ContextDep, TemplatesDep
 from status import ONLINE_WINDOW
 from wireguard import interface_name
@@ -103,7 +112,8 @@ async def client_page(
         raise FleetNotFound(fleet)
     try:
         position = Cursor.decode(cursor, sort) if cursor else None
-    except InvalidCursor as error:
+        q = check_search(q)
+    except (InvalidCursor, InvalidSearch) as error:
         raise BadRequest(str(error)) from None
     page = await context.database.read(
         lambda session: select_page(
@@ -285,11 +295,7 @@ async def health(context: ContextDep) -> JSONResponse:
     except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
         problems.append(f"the database does not answer: {type(error).__name__}")
     for fleet in context.config.local_fleets:
-        try:
-            up = await context.wireguard.is_up(fleet)
-        except Exception:  # noqa: BLE001 - `ip` itself failing counts as down
-            up = False
-        if not up:
+        if not await context.link_states.is_up(fleet):
             problems.append(f"interface {interface_name(fleet)} is down")
     body: dict[str, Any] = (
         {"status": "fail", "problems": problems} if problems else {"status": "pass"}

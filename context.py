@@ -12,6 +12,7 @@ from command import Runner
 from config import Config
 from database import Database
 from hosts import Publisher
+from linkstate import LinkStates
 from metrics import Metrics
 from pings import Pinger
 from registry import Clock, Registry
@@ -41,6 +42,7 @@ class AppContext:
     registry: Registry = field(init=False)
     publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
+    link_states: LinkStates = field(init=False)
     activity: ActivityBuffer = field(init=False)
     roster: Roster = field(default_factory=Roster)
     pinger: Pinger = field(init=False)
@@ -49,6 +51,7 @@ class AppContext:
         for name in self.config.local_fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
         self.status = StatusCache(self.wireguard)
+        self.link_states = LinkStates(self.wireguard)
         self.metrics.start_fleets(list(self.config.fleets))
         self.publisher = Publisher(
             self.config.hosts_file,

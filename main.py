@@ -27,21 +27,17 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from access import (
-    AdminAuth,
-    RateLimiter,
-    hash_password,
-    is_loopback,
-    is_unprotected,
-)
+from access import RateLimiter, is_loopback, is_unprotected
 from admin import router as admin_router
+from admin_auth import AdminAuth, hash_password
 from command import CommandError, CommandRunner, ReportingRunner, Runner
-from config import Config, ConfigError, load_config
+from config import DEFAULT_IPV6_PREFIX, Config, ConfigError, load_config
 from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from groups import router as groups_router
+from hostcheck import AllowedHosts, default_allowed_hosts
 from inventory import router as inventory_router
 from limits import BodySizeLimit
 from metrics import Metrics
@@ -152,6 +148,10 @@ def create_app(
         title="wg-fleet",
         summary="Registration, hostnames and monitoring for fleets of WireGuard clients.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their JavaScript from a CDN: not from a service that
+        # hands out keys (and an isolated network has no CDN). /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     templates = make_templates()
     app.state.templates = templates
@@ -162,7 +162,18 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
-        app.add_middleware(AdminAuth, admin=config.admin)
+        app.add_middleware(
+            AdminAuth,
+            admin=config.admin,
+            trusted_proxies=config.trusted_proxies,
+            ipv6_prefix=config.register_rate_limit.ipv6_prefix
+            if config.register_rate_limit
+            else DEFAULT_IPV6_PREFIX,
+        )
+    # Outermost: a request for another host costs nothing further, not even a log-in.
+    app.add_middleware(
+        AllowedHosts, allowed_hosts=config.allowed_hosts or default_allowed_hosts(config)
+    )
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:

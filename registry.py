@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv6Address
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
 from command import CommandError
 from config import Config, FleetConfig
-from database import CLIENTS, Database, UTCDateTime, advanced
+from database import CLIENTS, Database
 from errors import (
     Busy,
     FleetFull,
@@ -52,7 +52,7 @@ Clock = Callable[[], datetime]
 class Registration:
     address: IPv6Address
     public_key: str
-    config: str
+    config: str = field(repr=False)  # may hold the client's private key
     created: bool
 
 
@@ -101,8 +101,8 @@ def store_batch(
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
-    A key already registered in this fleet keeps its address and has its activity and
-    source IP refreshed; one registered in another fleet is refused. Set-based: a
+    A key already registered in this fleet keeps its address and has its source IP
+    (not its activity) refreshed; one registered in another fleet is refused. Set-based: a
     handful of statements per batch, not per client. Should another writer sharing the
     database collide with it (a UNIQUE violation), the batch is retried whole.
     """
@@ -149,18 +149,15 @@ def _store_batch(
                 for key, address in zip(admitted, addresses, strict=True)
             ],
         )
+    # A known key's source IP is refreshed, but registering is not activity: anyone who
+    # read a public key on the dashboard could otherwise keep a dead client alive.
     refreshed = [key for key in keys if key in known and known[key][0] == fleet]
     if refreshed:
-        moment = bindparam("moment", type_=UTCDateTime())
         session.execute(
             update(CLIENTS)
             .where(CLIENTS.c.public_key == bindparam("key"))
-            .values(
-                source_ip=bindparam("source"),
-                last_seen=advanced(CLIENTS.c.last_seen, moment),
-                last_active=advanced(CLIENTS.c.last_active, moment),
-            ),
-            [{"key": key, "source": source_of[key], "moment": now} for key in refreshed],
+            .values(source_ip=bindparam("source")),
+            [{"key": key, "source": source_of[key]} for key in refreshed],
         )
     created = dict(zip(admitted, addresses, strict=True))
     outcomes: list[Outcome] = []

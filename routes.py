@@ -6,7 +6,7 @@ import logging
 from ipaddress import IPv6Address
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,7 +39,8 @@ TemplatesDep = Annotated[Jinja2Templates, Depends(get_templates)]
 
 
 def caller_address(request: Request, context: AppContext) -> tuple[IPAddress, bool]:
-    """The client's address (see `resolve_client_ip`) and whether a proxy vouched for it."""
+    """The client's address (see `resolve_client_ip`) and whether a proxy vouched for it;
+    for registration, which believes `trusted_proxies` (pings never do)."""
     peer = request.client.host if request.client else "::"
     try:
         return resolve_client_ip(
@@ -73,7 +74,10 @@ class RegisterRequest(BaseModel):
 
 class RegisterResponse(BaseModel):
     status: Literal["success"] = "success"
-    config: str = Field(description="A wg-quick configuration file for the client.")
+    config: str = Field(
+        description="A wg-quick configuration file for the client.",
+        repr=False,  # it may hold the client's private key
+    )
     address: str
     public_key: str
 
@@ -95,10 +99,13 @@ class RegisterResponse(BaseModel):
 async def register(
     fleet: str,
     request: Request,
+    response: Response,
     context: ContextDep,
     body: RegisterRequest | None = None,
 ) -> RegisterResponse:
     """Register a client: allocate an address, add the peer, return a wg-quick config."""
+    # The answer may hold a private key: no cache (browser, proxy) may keep it.
+    response.headers["Cache-Control"] = "no-store"
     settings = context.registry.fleet(fleet)
     source, _ = caller_address(request, context)
     check_registration(
@@ -155,17 +162,24 @@ class PingResponse(BaseModel):
 
 
 def tunnel_caller(request: Request, context: AppContext, fleet: str) -> IPv6Address:
-    """The pinging client's address, which must have come through the fleet's tunnel."""
+    """The pinging client's address, which must have come through the fleet's tunnel.
+
+    Only the connection itself counts: its source address, which WireGuard
+    authenticated, and the address it arrived at. Forwarded headers are never read
+    here, whatever `trusted_proxies` says: a proxy cannot vouch for a tunnel.
+    """
     settings = context.registry.fleet(fleet)
-    source, proxied = caller_address(request, context)
+    try:
+        source = normalize_ip(request.client.host if request.client else "")
+    except ValueError:
+        raise BadRequest("The client address is not an IP address.") from None
     if not isinstance(source, IPv6Address) or source not in settings.subnet:
         raise NotInFleet(
             f"Pings must come through the tunnel of fleet {fleet}: "
             f"{source} is not in {settings.subnet}."
         )
-    # Behind a trusted proxy the connection arrives at the proxy's address instead.
     server = request.scope.get("server")
-    if not proxied and (server is None or not _is_address(server[0], settings.ip6)):
+    if server is None or not _is_address(server[0], settings.ip6):
         raise NotInFleet(
             f"Pings must be sent to the fleet's address {settings.ip6} through the tunnel."
         )

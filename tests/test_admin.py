@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Callable
@@ -726,3 +727,16 @@ async def test_a_fleet_of_another_node_is_shown_from_the_stored_handshakes(
     assert health.json() == {"status": "pass"}
     assert value(found, "wg_fleet_clients", fleet="beta", node="west-2") == 3
     assert value(found, "wg_fleet_clients_online", fleet="beta", node="west-2") == 1
+
+
+async def test_health_runs_ip_at_most_once_a_second_per_fleet(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app(node=NODE) as running:
+        before = fake_wg.count("ip")
+        answers = await asyncio.gather(*(get(running, "/health") for _ in range(20)))
+        answers += [await get(running, "/health") for _ in range(20)]
+        calls = fake_wg.count("ip") - before
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert calls <= len(running.context.config.local_fleets)
