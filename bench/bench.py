@@ -142,6 +142,13 @@ class Service:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{' '.join(self.argv)} exited {self.process.returncode}:\n{tail}")
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and of its children it has waited for."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        # After the command: state is field 3; utime, stime, cutime, cstime are 14–17.
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         assert self.process is not None
         status = Path(f"/proc/{self.process.pid}/status").read_text()
@@ -392,17 +399,28 @@ def throughput(
         "ping_baseline": (f"http://[{ip6}]:{BASELINE_PORT}/fleet/{fleet}/ping", "{}"),
     }
     results: dict[str, Any] = {name: [] for name in runs}
+    serving = {
+        "register": service,
+        "ping": service,
+        "register_baseline": baselines[0],
+        "ping_baseline": baselines[1],
+    }
     for rep in range(reps):
         for name, (url, body) in runs.items():
             wrk(client.namespace, url, body, WARMUP_SECONDS)
+            cpu = serving[name].cpu_seconds()
             result = wrk(client.namespace, url, body, seconds)
+            # CPU per request of the serving process: robust to a machine shared with others.
+            cpu = serving[name].cpu_seconds() - cpu
+            result["cpu_ms_per_request"] = 1000 * cpu / max(result["requests"], 1)
             for process in (service, *baselines):
                 process.check_alive()
             results[name].append(result)
             log(
                 f"throughput {rep + 1}/{reps} {name:<18} {result['rps']:7.0f} req/s  "
                 f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
-                f"errors {result['errors']:.0f}"
+                f"errors {result['errors']:.0f}  "
+                f"CPU {result['cpu_ms_per_request']:.3f} ms/request"
             )
     if profile_dir is not None:
         results["profiles"] = profile(lab, client.namespace, service, runs, profile_dir)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+import serving
+from config import ListenConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REQUESTS = 25
@@ -95,3 +100,57 @@ def response_of(connection: http.client.HTTPConnection) -> dict[str, str]:
     assert response.getheader("connection", "").lower() != "close"
     answer: dict[str, str] = json.loads(body)
     return answer
+
+
+async def test_accepted_sockets_have_tcp_nodelay() -> None:
+    """asyncio enables TCP_NODELAY only where the socket's protocol says TCP."""
+    sock = serving.bind_socket(ListenConfig.model_construct(host="::", port=0))
+    accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def on_connection(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = writer.get_extra_info("socket")
+        accepted.set_result(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        writer.close()
+
+    server = await asyncio.start_server(on_connection, sock=sock)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        assert await asyncio.wait_for(accepted, 10) != 0
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def test_writes_of_one_loop_step_leave_as_one() -> None:
+    inner = RecordingTransport()
+    transport = serving.CoalescingTransport(inner)  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"{}")
+    assert inner.writes == []
+    await asyncio.sleep(0)
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\n{}"]
+    transport.write(b"more")
+    transport.close()  # what is pending goes out before the close
+    assert inner.writes[-1] == b"more"
+    assert inner.closed
+    assert transport.get_extra_info("peername") == "info:peername"
