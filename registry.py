@@ -44,6 +44,9 @@ SAMPLE_SIZE = 16
 SAMPLE_ROUNDS = 8
 INSERT_ATTEMPTS = 5
 MAX_BATCH = 256  # registrations per transaction and per `wg addconf`
+# Below this share of max_clients the roster's count is trusted; nearer the limit the
+# database counts (a full count of a large fleet costs milliseconds).
+ROSTER_COUNT_TRUSTED = 0.9
 
 Clock = Callable[[], datetime]
 
@@ -85,6 +88,30 @@ def pick_addresses(
 Outcome = tuple[IPv6Address, bool] | WgFleetError
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What the roster says before a batch is stored: the fleet's size and free-looking
+    addresses. Only a hint: the database's UNIQUE constraints still decide, and a batch
+    that collides is retried without it."""
+
+    clients: int
+    addresses: list[IPv6Address]
+
+
+def roster_hint(roster: Roster, fleet: str, settings: FleetConfig, count: int) -> Hint | None:
+    """`count` random addresses no client in the roster holds, and the roster's size;
+    None for a small subnet (enumerated in the database instead) or an unloaded roster."""
+    size = roster.size(fleet)
+    if size is None or settings.subnet.num_addresses <= ENUMERATE_LIMIT:
+        return None
+    for _ in range(SAMPLE_ROUNDS):
+        candidates = random_candidates(settings.subnet, settings.ip6, count + SAMPLE_SIZE)
+        free = [c for c in candidates if roster.find(fleet, str(c)) is None]
+        if len(free) >= count:
+            return Hint(size, free[:count])
+    return None
+
+
 @dataclass
 class _Request:
     public_key: str
@@ -97,18 +124,27 @@ def count_clients(session: Session, fleet: str) -> int:
 
 
 def store_batch(
-    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+    session: Session,
+    fleet: str,
+    settings: FleetConfig,
+    batch: list[_Request],
+    now: datetime,
+    hint: Hint | None = None,
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
     A key already registered in this fleet keeps its address and has its activity and
     source IP refreshed; one registered in another fleet is refused. Set-based: a
-    handful of statements per batch, not per client. Should another writer sharing the
-    database collide with it (a UNIQUE violation), the batch is retried whole.
+    handful of statements per batch, not per client. With a `hint` the first attempt
+    takes its addresses and count from it instead of querying for them. Should another
+    writer sharing the database collide with it (a UNIQUE violation), the batch is
+    retried whole, without the hint.
     """
-    for _ in range(INSERT_ATTEMPTS):
+    for attempt in range(INSERT_ATTEMPTS):
         try:
-            outcomes = _store_batch(session, fleet, settings, batch, now)
+            outcomes = _store_batch(
+                session, fleet, settings, batch, now, hint if attempt == 0 else None
+            )
             session.commit()
             return outcomes
         except IntegrityError:
@@ -117,7 +153,12 @@ def store_batch(
 
 
 def _store_batch(
-    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+    session: Session,
+    fleet: str,
+    settings: FleetConfig,
+    batch: list[_Request],
+    now: datetime,
+    hint: Hint | None,
 ) -> list[Outcome]:
     keys = list({request.public_key: None for request in batch})
     known = {
@@ -129,9 +170,18 @@ def _store_batch(
         )
     }
     new_keys = [key for key in keys if key not in known]
-    room = settings.max_clients - count_clients(session, fleet)
+    if (
+        hint is not None
+        and hint.clients + len(new_keys) > ROSTER_COUNT_TRUSTED * settings.max_clients
+    ):
+        hint = None  # near the limit: the database counts
+    clients = hint.clients if hint is not None else count_clients(session, fleet)
+    room = settings.max_clients - clients
     admitted, refused = new_keys[: max(room, 0)], set(new_keys[max(room, 0) :])
-    addresses = pick_addresses(session, fleet, settings, len(admitted)) if admitted else []
+    if hint is not None and len(hint.addresses) >= len(admitted):
+        addresses = hint.addresses[: len(admitted)]
+    else:
+        addresses = pick_addresses(session, fleet, settings, len(admitted)) if admitted else []
     source_of = {request.public_key: request.source_ip for request in batch}
     if admitted:
         session.execute(
@@ -299,8 +349,9 @@ class Registry:
         settings = self.fleet(fleet)
         now = self._clock()
         async with self._locks[fleet]:
+            hint = roster_hint(self._roster, fleet, settings, len(batch))
             outcomes = await self._database.write(
-                lambda session: store_batch(session, fleet, settings, batch, now)
+                lambda session: store_batch(session, fleet, settings, batch, now, hint)
             )
             peers = [
                 (request.public_key, outcome[0])
