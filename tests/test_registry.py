@@ -89,7 +89,7 @@ async def test_a_stale_roster_hint_is_retried_against_the_database(
         settings = running.context.config.fleets[FLEET]
         loop = asyncio.get_running_loop()
         request = _Request(generate_keypair().public_key, "192.0.2.9", loop.create_future())
-        stale = Hint(clients=0, addresses=[IPv6Address(taken)])
+        stale = Hint(clients=0, addresses={request.public_key: IPv6Address(taken)})
         outcomes = await running.context.database.write(
             lambda session: store_batch(session, FLEET, settings, [request], clock(), stale)
         )
@@ -118,3 +118,41 @@ async def test_registration_takes_addresses_from_the_roster_without_counting(
         assert running.context.roster.size(FLEET) == 10
     assert {a.status_code for a in answers} == {200}
     assert counted == []
+
+
+async def test_peers_added_early_with_a_stale_address_end_up_as_stored(
+    start_app: StartApp, fake_wg: FakeWireGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generated key's peer goes to the interface while its row is stored; when the
+    roster's address was taken after all, the interface ends up with the stored one."""
+    async with start_app() as running, running.client() as http:
+        taken = (await http.post(f"/fleet/{FLEET}/register")).json()["address"]
+        running.context.roster.remove(FLEET, [taken])  # the roster no longer knows it
+        real = registry.random_candidates
+        monkeypatch.setattr(
+            registry,
+            "random_candidates",
+            lambda subnet, server, count: [IPv6Address(taken), *real(subnet, server, count)],
+        )
+        answer = await http.post(f"/fleet/{FLEET}/register")
+        rows = await running.context.database.read(
+            lambda s: dict(s.execute(select(Client.public_key, Client.address)).all())
+        )
+    assert answer.status_code == 200
+    assert answer.json()["address"] != taken
+    assert len(rows) == 2
+    peers = fake_wg.interfaces["wg_alpha"].peers
+    assert peers == {key: f"{address}/128" for key, address in rows.items()}
+
+
+async def test_a_failing_early_add_leaves_nothing(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app() as running, running.client() as http:
+        await http.post(f"/fleet/{FLEET}/register")
+        fake_wg.fail = {"addconf"}
+        answers = await asyncio.gather(*(http.post(f"/fleet/{FLEET}/register") for _ in range(8)))
+        stored = await running.context.database.read(lambda s: s.scalars(select(Client)).all())
+    assert {a.status_code for a in answers} == {503}
+    assert len(stored) == 1
+    assert set(fake_wg.interfaces["wg_alpha"].peers) == {stored[0].public_key}
