@@ -1,8 +1,11 @@
 """Registration: a client row and its WireGuard peer, created together or not at all.
 
-The row is committed first, then the peer is added; when adding the peer fails the row
-is deleted again before the caller hears of it. A crash between the two leaves a row
-without a peer, which the next reconciliation pass repairs (the database is the truth).
+Nobody hears of a registration before both its row is committed and its peer added;
+when adding the peer fails the row is deleted again (and the peer removed) first. A key
+made here goes to the interface while its row is being stored, any other key after its
+row is committed. A crash in between leaves a row without a peer or a peer without a row,
+both of which the next reconciliation pass repairs (the database is the truth); the
+fleet's lock keeps a pass from seeing a batch half done.
 """
 
 from __future__ import annotations
