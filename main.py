@@ -151,6 +151,7 @@ def create_app(
                 await context.activity.stop()
                 await context.status.close()
         finally:
+            context.wireguard.close()
             database.close()
 
     app = FastAPI(

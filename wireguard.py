@@ -201,6 +201,7 @@ class WireGuard:
         self.timeout = timeout
         self._own_scope = own_scope
         self._uapi_dir = uapi_dir
+        self._daemons: dict[str, uapi.Daemon] = {}  # interface -> its socket's connection
 
     def config_path(self, fleet: str) -> Path:
         return self._dir / f"{interface_name(fleet)}.conf"
@@ -285,14 +286,18 @@ class WireGuard:
         if not peers:
             return
         if self._uapi_dir is not None:
-            socket_path = self._uapi_dir / f"{interface_name(fleet)}.sock"
+            interface = interface_name(fleet)
+            daemon = self._daemons.get(interface)
+            if daemon is None:
+                daemon = uapi.Daemon(self._uapi_dir / f"{interface}.sock")
+                self._daemons[interface] = daemon
             started = time.monotonic()
             try:
-                await uapi.configure(socket_path, uapi.add_peers_request(peers), 4 * self.timeout)
+                await daemon.configure(uapi.add_peers_request(peers), 4 * self.timeout)
                 logger.debug(
                     "added %d peer(s) over %s in %.1f ms",
                     len(peers),
-                    socket_path,
+                    daemon.socket_path,
                     (time.monotonic() - started) * 1000,
                 )
                 return
@@ -303,6 +308,11 @@ class WireGuard:
             stdin=render_peers(peers),
             timeout=4 * self.timeout,
         )
+
+    def close(self) -> None:
+        """Close the connections kept open to the daemons' sockets."""
+        for daemon in self._daemons.values():
+            daemon.close()
 
     async def remove_peers(self, fleet: str, public_keys: Sequence[str]) -> None:
         for start in range(0, len(public_keys), REMOVE_CHUNK):

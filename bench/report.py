@@ -144,6 +144,20 @@ def report(
                     "",
                 )
             )
+            if all("cpu_ms_per_request" in r for r in mine + base):
+                cpu = median([r["cpu_ms_per_request"] for r in mine])
+                base_cpu = median([r["cpu_ms_per_request"] for r in base])
+                rows.append(
+                    (
+                        f"{kind} CPU of the serving process per request",
+                        f"{cpu:.3f} ms",
+                        f"{base_cpu:.3f} ms",
+                        f"{cpu / base_cpu:.1f}× more" if base_cpu else "",
+                        "",
+                        "",
+                        "",
+                    )
+                )
             for pct in ("p50", "p99"):
                 value = median([r[f"{pct}_ms"] for r in mine])
                 base_value = median([r[f"{pct}_ms"] for r in base])

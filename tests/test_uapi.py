@@ -24,15 +24,27 @@ FLEET = "alpha"
 
 
 @asynccontextmanager
-async def daemon(directory: Path, answer: bytes) -> AsyncIterator[list[bytes]]:
-    """A listener at `<directory>/wg_alpha.sock` that records each request and answers."""
-    requests: list[bytes] = []
+async def daemon(
+    directory: Path, answer: bytes, per_connection: int = 1000
+) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """A listener at `<directory>/wg_alpha.sock` that records (connection number,
+    request) and answers each, closing a connection after `per_connection` requests."""
+    requests: list[tuple[int, bytes]] = []
+    connections = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        requests.append(await reader.readuntil(b"\n\n"))
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
+        nonlocal connections
+        connections += 1
+        number = connections
+        try:
+            for _ in range(per_connection):
+                requests.append((number, await reader.readuntil(b"\n\n")))
+                writer.write(answer)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass  # the client closed it
+        finally:
+            writer.close()
 
     server = await asyncio.start_unix_server(serve, path=directory / f"wg_{FLEET}.sock")
     try:
@@ -56,14 +68,29 @@ def test_the_request_carries_hex_keys_and_host_routes_only() -> None:
     )
 
 
-async def test_peers_go_over_the_socket_without_a_process(tmp_path: Path) -> None:
+async def test_peers_go_over_one_kept_open_connection_without_a_process(
+    tmp_path: Path,
+) -> None:
     runner = FakeWireGuard()
     wireguard = WireGuard(runner, tmp_path, uapi_dir=tmp_path)
-    batch = peers(3)
+    first, second = peers(3), peers(2)
     async with daemon(tmp_path, b"errno=0\n\n") as requests:
-        await wireguard.add_peers(FLEET, batch)
-    assert requests == [uapi.add_peers_request(batch)]
+        await wireguard.add_peers(FLEET, first)
+        await wireguard.add_peers(FLEET, second)
+        wireguard.close()
+    assert requests == [(1, uapi.add_peers_request(first)), (1, uapi.add_peers_request(second))]
     assert runner.calls == []
+
+
+async def test_a_connection_the_daemon_closed_is_opened_again(tmp_path: Path) -> None:
+    """A restarted daemon closes kept-open connections: the request goes on a new one."""
+    wireguard = WireGuard(FakeWireGuard(), tmp_path, uapi_dir=tmp_path)
+    first, second = peers(1), peers(1)
+    async with daemon(tmp_path, b"errno=0\n\n", per_connection=1) as requests:
+        await wireguard.add_peers(FLEET, first)
+        await wireguard.add_peers(FLEET, second)
+        wireguard.close()
+    assert requests == [(1, uapi.add_peers_request(first)), (2, uapi.add_peers_request(second))]
 
 
 async def test_a_refusal_is_a_command_error(tmp_path: Path) -> None:
@@ -71,6 +98,7 @@ async def test_a_refusal_is_a_command_error(tmp_path: Path) -> None:
     async with daemon(tmp_path, b"errno=-22\n\n"):
         with pytest.raises(CommandError, match=r"refused the peers \(errno=-22\)"):
             await wireguard.add_peers(FLEET, peers(1))
+        wireguard.close()
 
 
 async def test_a_daemon_that_never_answers_times_out(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Peers added over a real wireguard-go's socket; `wg` where the socket is absent."""
+"""Peers added over a real wireguard-go's socket, on a connection kept open; `wg` where
+the socket is absent."""
 
 from __future__ import annotations
 
@@ -52,7 +53,11 @@ async def test_peers_reach_wireguard_go_through_its_socket(lab: Lab, tmp_path: P
     peers = batch(300, 2)
     await wireguard.add_peers(fleet, peers)
     assert allowed_ips(lab, fleet) == {key: f"{address}/128" for key, address in peers}
-    assert runner.argvs == []  # no `wg` process: one request on the socket
+    more = batch(2, 0x200)  # a second request on the connection kept open
+    await wireguard.add_peers(fleet, more)
+    wireguard.close()
+    assert allowed_ips(lab, fleet) == {key: f"{address}/128" for key, address in peers + more}
+    assert runner.argvs == []  # no `wg` process: requests on the socket
 
 
 async def test_without_the_socket_wg_adds_the_peers(lab: Lab, tmp_path: Path) -> None:
@@ -66,5 +71,6 @@ async def test_without_the_socket_wg_adds_the_peers(lab: Lab, tmp_path: Path) ->
     wireguard = WireGuard(runner, tmp_path, uapi_dir=empty)
     peers = batch(5, 0x100)
     await wireguard.add_peers(fleet, peers)
+    wireguard.close()
     assert allowed_ips(lab, fleet) == {key: f"{address}/128" for key, address in peers}
     assert [argv[:3] for argv in runner.argvs] == [("wg", "addconf", f"wg_{fleet}")]
