@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+import uapi
 from access import RateLimiter, is_loopback, is_unprotected
 from admin import router as admin_router
 from admin_auth import AdminAuth, hash_password
@@ -103,7 +104,13 @@ def create_app(
             runner=observed,
             clock=clock,
             database=database,
-            wireguard=WireGuard(observed, config.wireguard_dir, own_scope=under_systemd()),
+            wireguard=WireGuard(
+                observed,
+                config.wireguard_dir,
+                own_scope=under_systemd(),
+                # The daemon's socket only with the real `wg`: fakes stand in for both.
+                uapi_dir=uapi.SOCKET_DIR if runner is None else None,
+            ),
             server_keys={},
             started_at=clock(),
             metrics=metrics,
@@ -142,6 +149,7 @@ def create_app(
                 await context.activity.stop()
                 await context.status.close()
         finally:
+            context.wireguard.close()
             database.close()
 
     app = FastAPI(

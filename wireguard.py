@@ -24,6 +24,7 @@ from typing import NamedTuple
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+import uapi
 from command import CommandError, Runner
 from config import FleetConfig
 from files import write_if_changed
@@ -186,17 +187,21 @@ class WireGuard:
         wireguard_dir: Path,
         timeout: float = 30.0,
         own_scope: bool = False,
+        uapi_dir: Path | None = None,
     ) -> None:
         """`timeout` bounds quick commands; bulk ones and `wg-quick up` get four times it.
 
         With `own_scope` (under systemd), `wg-quick up` runs in a transient scope unit,
         so that a wireguard-go it starts lives outside the service's cgroup and survives
-        the service being stopped or restarted.
+        the service being stopped or restarted. With `uapi_dir`, peers are added through
+        the daemon's socket there when one listens (see `uapi`), else with `wg`.
         """
         self._runner = runner
         self._dir = wireguard_dir
         self.timeout = timeout
         self._own_scope = own_scope
+        self._uapi_dir = uapi_dir
+        self._daemons: dict[str, uapi.Daemon] = {}  # interface -> its socket's connection
 
     def config_path(self, fleet: str) -> Path:
         return self._dir / f"{interface_name(fleet)}.conf"
@@ -274,12 +279,40 @@ class WireGuard:
         return await asyncio.to_thread(parse_dump, result.stdout)
 
     async def add_peers(self, fleet: str, peers: Sequence[tuple[str, IPv6Address | str]]) -> None:
-        if peers:
-            await self._runner.run(
-                ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
-                stdin=render_peers(peers),
-                timeout=4 * self.timeout,
-            )
+        """Add the peers in one request: over the daemon's socket, else one `wg addconf`.
+
+        Raises `CommandError`; some peers may have been added before it failed.
+        """
+        if not peers:
+            return
+        if self._uapi_dir is not None:
+            interface = interface_name(fleet)
+            daemon = self._daemons.get(interface)
+            if daemon is None:
+                daemon = uapi.Daemon(self._uapi_dir / f"{interface}.sock")
+                self._daemons[interface] = daemon
+            started = time.monotonic()
+            try:
+                await daemon.configure(uapi.add_peers_request(peers), 4 * self.timeout)
+                logger.debug(
+                    "added %d peer(s) over %s in %.1f ms",
+                    len(peers),
+                    daemon.socket_path,
+                    (time.monotonic() - started) * 1000,
+                )
+                return
+            except uapi.Unavailable:
+                pass  # the kernel module, or no daemon: `wg` speaks netlink
+        await self._runner.run(
+            ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
+            stdin=render_peers(peers),
+            timeout=4 * self.timeout,
+        )
+
+    def close(self) -> None:
+        """Close the connections kept open to the daemons' sockets."""
+        for daemon in self._daemons.values():
+            daemon.close()
 
     async def remove_peers(self, fleet: str, public_keys: Sequence[str]) -> None:
         for start in range(0, len(public_keys), REMOVE_CHUNK):
