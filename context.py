@@ -38,6 +38,8 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Fleet -> why its last pass failed, for /health; cleared by the next good pass.
+    failed_passes: dict[str, str] = field(default_factory=dict)
     registry: Registry = field(init=False)
     publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
@@ -57,6 +59,7 @@ class AppContext:
             self.config.domain,
             self.config.prometheus_targets_file,
             self.config.prometheus_target_port,
+            self.metrics.file_written,
         )
         self.registry = Registry(
             self.config,

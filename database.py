@@ -29,9 +29,12 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from errors import DatabaseUnavailable
 from migrations import upgrade
 
 T = TypeVar("T")
@@ -135,11 +138,20 @@ class Database:
             os.umask(old_umask)
 
     def _in_session(self, job: Callable[[Session], T]) -> T:
-        with self._sessions() as session:
-            return job(session)
+        try:
+            with self._sessions() as session:
+                return job(session)
+        except (OperationalError, InterfaceError, PoolTimeout) as error:
+            # The server is down, the connection was cut, the disk is full: the
+            # operation did not happen, and says so in a sentence (503), not a 500.
+            cause = getattr(error, "orig", None) or error
+            raise DatabaseUnavailable(" ".join(str(cause).split())[:300]) from error
 
     async def write(self, job: Callable[[Session], T]) -> T:
-        """Run `job(session)` on the writer thread; the job commits what it keeps."""
+        """Run `job(session)` on the writer thread; the job commits what it keeps.
+
+        Raises `DatabaseUnavailable` when the database cannot be reached or cannot
+        write (`read` alike)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, self._in_session, job)
 

@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from access import (
     AdminAuth,
@@ -44,10 +45,11 @@ from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
-from reconcile import delete_outside_subnet
+from reconcile import Orphan, describe_orphans, find_orphans, remove_orphans
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
+from unhandled import JSONErrors
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -58,25 +60,24 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 async def start(context: AppContext) -> None:
-    """Schema, server keys and configs, interfaces up, peers reconciled."""
+    """Schema, server keys and configs, interfaces up and matching, peers reconciled.
+
+    Raises `StartupError` when clients lie outside an edited subnet: nothing is deleted
+    because of a config edit (see `main.py orphans`).
+    """
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
+    subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
+    orphans = await context.database.read(partial(find_orphans, subnets=subnets))
+    if orphans:
+        raise StartupError(orphans_sentence(config, orphans, "PATH"))
     for fleet, settings in config.local_fleets.items():
-        context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
-        stray = await context.database.write(
-            partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
+        context.server_keys[fleet] = await context.wireguard.ensure_server_config(
+            fleet, settings, has_clients=fleet in known
         )
-        if stray:
-            logger.warning(
-                "fleet %s: deleted %d client(s) whose address is outside %s: %s",
-                fleet,
-                len(stray),
-                settings.subnet,
-                ", ".join(stray[:10]) + (" …" if len(stray) > 10 else ""),
-            )
     for report in await sweep_all(context, at_startup=True):
         logger.info(
             "wg_%s: up; %d peer(s) restored, %d unknown removed, %d pruned",
@@ -85,6 +86,21 @@ async def start(context: AppContext) -> None:
             report.removed_unknown,
             report.pruned,
         )
+
+
+def orphans_sentence(config: Config, orphans: list[Orphan], config_path: str) -> str:
+    """Why the service does not start, and the way out, for clients outside a subnet."""
+    counts = describe_orphans(orphans)
+    where = "; ".join(
+        f"fleet {fleet} has {count} client(s) outside its subnet {config.fleets[fleet].subnet}"
+        for fleet, count in sorted(counts.items())
+    )
+    return (
+        f"wg-fleet does not start: {where} (was the subnet edited?). Nothing was deleted. "
+        "Put the old subnet back, or list those clients with "
+        f"`python3 main.py orphans --config {config_path}` and delete them by "
+        "adding `--remove`."
+    )
 
 
 def create_app(
@@ -115,11 +131,12 @@ def create_app(
         try:
             try:
                 await start(context)
-            except (CommandError, OSError, RuntimeError) as error:
+            except (CommandError, OSError, RuntimeError, WgFleetError) as error:
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
             context.activity.start()
+            context.publisher.start()
             app.state.pruner = pruner
             reload_on_hangup(pruner)
             remote = sorted(set(config.fleets) - set(config.local_fleets))
@@ -139,10 +156,16 @@ def create_app(
             try:
                 yield
             finally:
+                # Every task the app started is ended here, in reverse order of need.
                 stop_reloading_on_hangup()
                 await pruner.stop()
-                await context.activity.stop()
+                await context.registry.close()
+                await context.publisher.stop()
                 await context.status.close()
+                try:
+                    await context.activity.stop()
+                except WgFleetError as error:
+                    logger.error("could not store the last ping times: %s", error)
         finally:
             database.close()
 
@@ -159,6 +182,7 @@ def create_app(
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
         app.add_middleware(AdminAuth, admin=config.admin)
+    app.add_middleware(JSONErrors)  # outermost of ours: covers the middlewares above too
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:
@@ -259,6 +283,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="main.py",
         description="Run the wg-fleet server for the fleets in a YAML config. "
         "`main.py migrate --config PATH` only upgrades the database; "
+        "`main.py orphans --config PATH [--remove]` lists (and removes) the clients "
+        "left outside an edited subnet; "
         "`main.py hash-password` prints a hash for the config's admin password.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
@@ -324,11 +350,69 @@ def migrate(config: Config) -> int:
     return 0
 
 
+def check_orphans(config: Config, config_path: Path) -> str | None:
+    """Before serving: the sentence to exit with when clients lie outside an edited subnet
+    of a fleet this node runs, else None (also when the database cannot be read yet:
+    start-up then reports that itself)."""
+    database = Database(config.database)
+    try:
+        if not inspect(database.engine).has_table("clients"):
+            return None
+        subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
+        with Session(database.engine) as session:
+            orphans = find_orphans(session, subnets)
+    except SQLAlchemyError:
+        return None
+    finally:
+        database.close()
+    return orphans_sentence(config, orphans, str(config_path)) if orphans else None
+
+
+def orphans(config: Config, remove: bool) -> int:
+    """`main.py orphans --config PATH [--remove]`: list the clients whose address is
+    outside their fleet's configured subnet (one per line); with `--remove`, delete them.
+
+    The service refuses to start while there are any; this is the only way wg-fleet
+    deletes them. The interface follows at the next start (their peers are removed).
+    """
+    database = Database(config.database)
+    subnets = {fleet: settings.subnet for fleet, settings in config.fleets.items()}
+    try:
+        database.migrate()
+        with Session(database.engine) as session:
+            found = find_orphans(session, subnets)
+            for orphan in found:
+                print(  # noqa: T201 - the command's output
+                    f"{orphan.fleet}\t{orphan.address}\t{orphan.hostname or '(none)'}"
+                    f"\t{orphan.public_key}\toutside {subnets[orphan.fleet]}"
+                )
+            if not found:
+                print("no client is outside its fleet's subnet", file=sys.stderr)  # noqa: T201
+            elif remove:
+                removed = remove_orphans(session, found)
+                print(f"removed {removed} client(s)", file=sys.stderr)  # noqa: T201
+            else:
+                print(  # noqa: T201
+                    f"{len(found)} client(s) outside their fleet's subnet; add --remove to "
+                    "delete them",
+                    file=sys.stderr,
+                )
+    except SQLAlchemyError as error:
+        print(f"cannot read the database: {error}", file=sys.stderr)  # noqa: T201
+        return 1
+    finally:
+        database.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
         return print_password_hash()
-    command = argv.pop(0) if argv[:1] == ["migrate"] else "serve"
+    command = argv.pop(0) if argv[:1] in (["migrate"], ["orphans"]) else "serve"
+    remove = command == "orphans" and "--remove" in argv
+    if remove:
+        argv.remove("--remove")
     arguments = parse_arguments(argv)
     try:
         config = load_config(arguments.config, overrides_from(arguments))
@@ -338,11 +422,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
     if command == "migrate":
         return migrate(config)
+    if command == "orphans":
+        return orphans(config, remove)
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     problem = check_prerequisites()
     if problem:
         print(problem, file=sys.stderr)  # noqa: T201
         return 1
+    refusal = check_orphans(config, arguments.config)
+    if refusal:
+        print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
+        return 2
     try:
         sock = bind_socket(config.listen)
     except OSError as error:

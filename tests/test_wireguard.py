@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -292,12 +293,12 @@ def test_render_client_config_without_private_key_ipv6_no_keepalive() -> None:
 # --- WireGuard: server config -----------------------------------------------------------
 
 
-def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
+async def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
     wg = WireGuard(FakeRunner(), tmp_path / "wireguard")
     path = wg.config_path("southeast")
     assert path == tmp_path / "wireguard" / "wg_southeast.conf"
 
-    public = wg.ensure_server_config("southeast", fleet())
+    public = await wg.ensure_server_config("southeast", fleet())
     assert path.stat().st_mode & 0o777 == 0o600
     private = read_private_key(path.read_text(encoding="utf-8"))
     assert private is not None
@@ -305,31 +306,67 @@ def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == render_server_config(private, fleet())
 
     before = path.stat()
-    assert wg.ensure_server_config("southeast", fleet()) == public
+    assert await wg.ensure_server_config("southeast", fleet()) == public
     assert path.stat().st_ino == before.st_ino
 
 
-def test_ensure_server_config_follows_port_and_keeps_key(tmp_path: Path) -> None:
+async def test_ensure_server_config_follows_port_and_keeps_key(tmp_path: Path) -> None:
     wg = WireGuard(FakeRunner(), tmp_path)
     path = wg.config_path("southeast")
     path.write_text(render_server_config(PRIVATE, fleet()), encoding="utf-8")
     path.chmod(0o644)
 
-    assert wg.ensure_server_config("southeast", fleet(port=51999)) == PUBLIC
+    assert await wg.ensure_server_config("southeast", fleet(port=51999)) == PUBLIC
     assert path.read_text(encoding="utf-8") == render_server_config(PRIVATE, fleet(port=51999))
     assert "ListenPort = 51999\n" in path.read_text(encoding="utf-8")
     assert path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("text", ["[Interface]\nPrivateKey = garbage\n", "[Interface]\n"])
-def test_ensure_server_config_refuses_invalid_key(tmp_path: Path, text: str) -> None:
+async def test_ensure_server_config_refuses_invalid_key(tmp_path: Path, text: str) -> None:
     wg = WireGuard(FakeRunner(), tmp_path)
     path = wg.config_path("southeast")
     path.write_text(text, encoding="utf-8")
     with pytest.raises(RuntimeError) as caught:
-        wg.ensure_server_config("southeast", fleet())
+        await wg.ensure_server_config("southeast", fleet())
     assert str(caught.value) == f"{path} has no valid PrivateKey; fix or remove the file"
     assert path.read_text(encoding="utf-8") == text
+
+
+async def test_a_lost_config_file_takes_the_running_interface_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file is gone but the interface still runs: its key is kept, read from `wg`'s
+    stdout (never an argv), and the file written again, 0600."""
+    show = ("wg", "show", "wg_southeast", "private-key")
+    runner = FakeRunner(replies={show: (0, f"{PRIVATE}\n")})
+    wg = WireGuard(runner, tmp_path / "wireguard")
+    with caplog.at_level(logging.DEBUG):
+        assert await wg.ensure_server_config("southeast", fleet(), has_clients=True) == PUBLIC
+    path = wg.config_path("southeast")
+    assert path.read_text(encoding="utf-8") == render_server_config(PRIVATE, fleet())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [call.argv for call in runner.calls] == [show]
+    assert all(PRIVATE not in " ".join(call.argv) for call in runner.calls)
+    assert PRIVATE not in caplog.text
+    assert "took the key of the running interface wg_southeast" in caplog.text
+    assert "key change" not in caplog.text
+
+
+@pytest.mark.parametrize(("has_clients", "level"), [(True, logging.WARNING), (False, logging.INFO)])
+async def test_only_with_file_and_interface_gone_is_a_new_key_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, has_clients: bool, level: int
+) -> None:
+    show = ("wg", "show", "wg_southeast", "private-key")
+    runner = FakeRunner(replies={show: (1, "")})
+    wg = WireGuard(runner, tmp_path)
+    with caplog.at_level(logging.INFO):
+        public = await wg.ensure_server_config("southeast", fleet(), has_clients=has_clients)
+    assert public != PUBLIC
+    changes = [r for r in caplog.records if "key change" in r.getMessage()]
+    assert [r.levelno for r in changes] == [level]
+    assert public in changes[0].getMessage()
+    assert ("must register again" in changes[0].getMessage()) is has_clients
 
 
 # --- WireGuard: commands ----------------------------------------------------------------
