@@ -64,7 +64,7 @@ async def repair_link(context: AppContext, fleet: str, *, at_startup: bool) -> L
             if wanted in addresses:
                 continue
             difference = Difference("address", f"interface {interface} lacks its address {wanted}")
-        if difference.what == "address":
+        if difference.what == "address" and wanted not in addresses:
             await wireguard.add_address(fleet, wanted)
             addresses.add(wanted)
             note_repair(context, fleet, difference, "added it again")
