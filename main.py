@@ -424,15 +424,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return migrate(config)
     if command == "orphans":
         return orphans(config, remove)
+    refusal = check_orphans(config, arguments.config)
+    if refusal:
+        print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
+        return 2
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     problem = check_prerequisites()
     if problem:
         print(problem, file=sys.stderr)  # noqa: T201
         return 1
-    refusal = check_orphans(config, arguments.config)
-    if refusal:
-        print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
-        return 2
     try:
         sock = bind_socket(config.listen)
     except OSError as error:
