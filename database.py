@@ -120,6 +120,12 @@ def make_engine(database: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def is_full(cause: str) -> bool:
+    """Whether a database error says its disk is full (SQLite's SQLITE_FULL, or ENOSPC)."""
+    lowered = cause.lower()
+    return "disk is full" in lowered or "no space left" in lowered
+
+
 class Database:
     """An engine plus the threads that use it; `write` jobs run one at a time."""
 
@@ -144,8 +150,8 @@ class Database:
         except (OperationalError, InterfaceError, PoolTimeout) as error:
             # The server is down, the connection was cut, the disk is full: the
             # operation did not happen, and says so in a sentence (503), not a 500.
-            cause = getattr(error, "orig", None) or error
-            raise DatabaseUnavailable(" ".join(str(cause).split())[:300]) from error
+            cause = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
+            raise DatabaseUnavailable(cause, full=is_full(cause)) from error
 
     async def write(self, job: Callable[[Session], T]) -> T:
         """Run `job(session)` on the writer thread; the job commits what it keeps.

@@ -92,9 +92,12 @@ class WireGuardUnavailable(WgFleetError):
 class DatabaseUnavailable(WgFleetError):
     status_code = 503
 
-    def __init__(self, cause: str = "") -> None:
+    def __init__(self, cause: str = "", *, full: bool = False) -> None:
         super().__init__(
-            "The database is not available right now, so nothing was changed; try again later."
+            "The database has no room left (its disk is full), so nothing was changed; "
+            "try again later."
+            if full
+            else "The database is not available right now, so nothing was changed; try again later."
         )
         self.cause = cause
 

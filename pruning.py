@@ -263,7 +263,11 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
         except Exception as error:
             if at_startup:
                 raise
-            logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
+            if isinstance(error, DatabaseUnavailable):
+                # Expected while the database is down: a sentence, not a traceback.
+                logger.error("the pass over fleet %s failed: %s (%s)", fleet, error, error.cause)
+            else:
+                logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
     # Other nodes' fleets change without telling us: their names are re-read every pass.
     if context.publisher.is_changed() or set(context.config.fleets) != set(
         context.config.local_fleets

@@ -257,14 +257,21 @@ class WireGuard:
                 )
             else:
                 private_key = generate_keypair().private_key
-                log = logger.warning if has_clients else logger.info
-                log(
-                    "key change: generated a new key pair for %s in %s (public key %s)%s",
-                    interface,
-                    path,
-                    public_key_of(private_key),
-                    "; the fleet's clients must register again" if has_clients else "",
-                )
+                if has_clients:
+                    logger.warning(
+                        "key change: %s and the interface %s are both gone; generated a new "
+                        "key pair (public key %s): the fleet's clients must register again",
+                        path,
+                        interface,
+                        public_key_of(private_key),
+                    )
+                else:
+                    logger.info(
+                        "generated a key pair for %s in %s (public key %s)",
+                        interface,
+                        path,
+                        public_key_of(private_key),
+                    )
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_if_changed(path, render_server_config(private_key, settings), CONFIG_MODE)
         return public_key_of(private_key)
