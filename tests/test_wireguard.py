@@ -18,6 +18,7 @@ import pytest
 from command import DEFAULT_TIMEOUT, CommandResult
 from config import FleetConfig
 from wireguard import (
+    REMOVE_CHUNK,
     InterfaceDump,
     InvalidKey,
     KeyPair,
@@ -372,3 +373,91 @@ async def test_only_with_file_and_interface_gone_is_a_new_key_made(
         assert f"generated a key pair for wg_southeast in {wg.config_path('southeast')}" in (
             caplog.text
         )
+
+
+# --- WireGuard: commands ----------------------------------------------------------------
+
+
+async def test_add_peers_uses_stdin(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    peers = [(PEER_A, IPv6Address("fd00::2")), (PEER_B, IPv6Address("fd00::3"))]
+    await WireGuard(runner, tmp_path).add_peers("x", peers)
+    assert len(runner.calls) == 1
+    call = runner.calls[0]
+    assert call.argv == ("wg", "addconf", "wg_x", "/dev/stdin")
+    assert call.stdin == render_peers(peers)
+    assert call.check
+
+
+async def test_remove_peers_in_chunks(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    keys = [base64.b64encode(n.to_bytes(32, "big")).decode() for n in range(2500)]
+    await WireGuard(runner, tmp_path).remove_peers("x", keys)
+    assert REMOVE_CHUNK == 1000
+    assert len(runner.calls) == 3
+    removed: list[str] = []
+    for call, size in zip(runner.calls, (1000, 1000, 500), strict=True):
+        assert call.argv[:3] == ("wg", "set", "wg_x")
+        triples = call.argv[3:]
+        assert len(triples) == 3 * size
+        assert triples[0::3] == ("peer",) * size
+        assert triples[2::3] == ("remove",) * size
+        removed += triples[1::3]
+    assert removed == keys
+
+
+async def test_empty_lists_run_nothing(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    wg = WireGuard(runner, tmp_path)
+    await wg.add_peers("x", [])
+    await wg.remove_peers("x", [])
+    assert runner.calls == []
+
+
+async def test_dump(tmp_path: Path) -> None:
+    runner = FakeRunner(stdout=DUMP)
+    dump = await WireGuard(runner, tmp_path).dump("x")
+    assert [call.argv for call in runner.calls] == [("wg", "show", "wg_x", "dump")]
+    assert dump == parse_dump(DUMP)
+
+
+SHOW = ("ip", "link", "show", "dev", "wg_x")
+SHOW_ONE_LINE = ("ip", "-o", "link", "show", "dev", "wg_x")
+LINK = "5: wg_x: <{flags}> mtu 1420 qdisc noqueue state UNKNOWN mode DEFAULT group default\\"
+
+
+async def test_bring_up_missing_interface_uses_wg_quick(tmp_path: Path) -> None:
+    runner = FakeRunner(replies={SHOW: (1, "")})
+    await WireGuard(runner, tmp_path).bring_up("x")
+    assert [call.argv for call in runner.calls] == [
+        SHOW,
+        ("wg-quick", "up", str(tmp_path / "wg_x.conf")),
+    ]
+    assert runner.calls[1].new_session
+    assert not runner.calls[0].check
+
+
+async def test_bring_up_existing_interface_sets_link_up(tmp_path: Path) -> None:
+    runner = FakeRunner(replies={SHOW: (0, LINK.format(flags="POINTOPOINT,NOARP"))})
+    await WireGuard(runner, tmp_path).bring_up("x")
+    assert [call.argv for call in runner.calls] == [
+        SHOW,
+        ("ip", "link", "set", "up", "dev", "wg_x"),
+    ]
+    assert not runner.calls[1].new_session
+
+
+@pytest.mark.parametrize(
+    ("returncode", "stdout", "up"),
+    [
+        (0, LINK.format(flags="POINTOPOINT,NOARP,UP,LOWER_UP"), True),
+        (0, LINK.format(flags="POINTOPOINT,NOARP,UP"), True),
+        (0, LINK.format(flags="POINTOPOINT,NOARP"), False),
+        (0, LINK.format(flags="POINTOPOINT,NOARP,LOWER_UP"), False),
+        (1, "", False),
+    ],
+)
+async def test_is_up(tmp_path: Path, returncode: int, stdout: str, up: bool) -> None:
+    runner = FakeRunner(replies={SHOW_ONE_LINE: (returncode, stdout)})
+    assert await WireGuard(runner, tmp_path).is_up("x") is up
+    assert [call.argv for call in runner.calls] == [SHOW_ONE_LINE]
