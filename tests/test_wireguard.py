@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,14 @@ from wireguard import (
     InterfaceDump,
     InvalidKey,
     KeyPair,
+    LinkState,
     PeerStatus,
     WireGuard,
     decode_key,
     generate_keypair,
     normalize_public_key,
     parse_dump,
+    parse_link,
     public_key_of,
     read_private_key,
     render_client_config,
@@ -461,3 +463,54 @@ async def test_is_up(tmp_path: Path, returncode: int, stdout: str, up: bool) -> 
     runner = FakeRunner(replies={SHOW_ONE_LINE: (returncode, stdout)})
     assert await WireGuard(runner, tmp_path).is_up("x") is up
     assert [call.argv for call in runner.calls] == [SHOW_ONE_LINE]
+
+
+# --- WireGuard: link state and repairs -----------------------------------------------------
+
+
+def test_parse_link_reads_flags_and_ipv6_addresses() -> None:
+    text = (
+        '[{"ifindex": 7, "ifname": "wg_alpha", "flags": ["POINTOPOINT", "NOARP", "UP", '
+        '"LOWER_UP"], "addr_info": [{"family": "inet", "local": "10.0.0.1", "prefixlen": 24}, '
+        '{"family": "inet6", "local": "fd00:1::1", "prefixlen": 64}]}]'
+    )
+    assert parse_link(text) == LinkState(True, frozenset({IPv6Interface("fd00:1::1/64")}))
+    down = '[{"ifname": "wg_alpha", "flags": ["POINTOPOINT", "NOARP"], "addr_info": []}]'
+    assert parse_link(down) == LinkState(False, frozenset())
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[]", "{}", "not json", '[{"addr_info": [{"family": "inet6"}]}]']
+)
+def test_parse_link_refuses_other_shapes(text: str) -> None:
+    with pytest.raises(ValueError, match="ip -j addr show"):
+        parse_link(text)
+
+
+async def test_link_of_a_missing_interface_is_none(tmp_path: Path) -> None:
+    argv = ("ip", "-j", "addr", "show", "dev", "wg_x")
+    runner = FakeRunner(replies={argv: (1, "")})
+    assert await WireGuard(runner, tmp_path).link("x") is None
+
+
+async def test_the_private_key_travels_on_stdin_only(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    await WireGuard(runner, tmp_path).set_private_key("x", PRIVATE)
+    (call,) = runner.calls
+    assert call.argv == ("wg", "set", "wg_x", "private-key", "/dev/stdin")
+    assert call.stdin == f"{PRIVATE}\n"
+
+
+async def test_allowed_ips_are_set_in_place_in_bulk(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    wireguard = WireGuard(runner, tmp_path)
+    await wireguard.set_allowed_ips("x", [(PEER_A, "fd00::a"), (PEER_B, "fd00::b")])
+    (call,) = runner.calls
+    assert call.argv[:3] == ("wg", "set", "wg_x")
+    assert call.argv[3:] == (
+        *("peer", PEER_A, "allowed-ips", "fd00::a/128"),
+        *("peer", PEER_B, "allowed-ips", "fd00::b/128"),
+    )
+    runner.calls.clear()
+    await wireguard.set_allowed_ips("x", [])
+    assert runner.calls == []
