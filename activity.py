@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from database import CLIENTS, Database, UTCDateTime, advanced
 from errors import DatabaseUnavailable
+from tasks import report_failure
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class ActivityBuffer:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wg-fleet-activity")
+        self._task.add_done_callback(report_failure)
 
     async def stop(self) -> None:
         """Stop the timer and write what is still pending."""

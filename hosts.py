@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from database import Client, Database
 from files import write_if_changed
+from tasks import report_failure
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Publisher:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wg-fleet-publisher")
+        self._task.add_done_callback(report_failure)
 
     async def stop(self) -> None:
         if self._task is not None:

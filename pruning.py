@@ -27,6 +27,7 @@ from database import CLIENTS, UTCDateTime, advanced
 from drift import note_repair, repair_link, repair_settings
 from errors import DatabaseUnavailable
 from reconcile import Difference, plan_peers
+from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,13 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
     if context.publisher.is_changed() or set(context.config.fleets) != set(
         context.config.local_fleets
     ):
-        await context.publisher.refresh()
+        try:
+            await context.publisher.refresh()
+        except DatabaseUnavailable as error:
+            if at_startup:
+                raise
+            # Still changed: the next pass publishes once the database answers.
+            logger.error("cannot publish the hosts file: %s (%s)", error, error.cause)
     context.metrics.prune_duration.observe(time.monotonic() - started)
     return reports
 
@@ -287,6 +294,7 @@ class Pruner:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wg-fleet-pruner")
+        self._task.add_done_callback(report_failure)
 
     def wake(self) -> None:
         """Run a pass now instead of at the next interval (e.g. on SIGHUP)."""
