@@ -39,7 +39,7 @@ from admin import router as admin_router
 from command import CommandError, CommandRunner, ReportingRunner, Runner
 from config import Config, ConfigError, load_config
 from context import AppContext, utc_now
-from database import Client, Database
+from database import Client, Database, database_url
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from limits import BodySizeLimit
@@ -354,6 +354,9 @@ def check_orphans(config: Config, config_path: Path) -> str | None:
     """Before serving: the sentence to exit with when clients lie outside an edited subnet
     of a fleet this node runs, else None (also when the database cannot be read yet:
     start-up then reports that itself)."""
+    url = database_url(config.database)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None  # a first start: nothing to check, and no file made here (with 0644)
     database = Database(config.database)
     try:
         if not inspect(database.engine).has_table("clients"):
