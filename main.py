@@ -24,10 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
+import orphans as orphans_module
 from access import (
     AdminAuth,
     RateLimiter,
@@ -39,13 +39,13 @@ from admin import router as admin_router
 from command import CommandError, CommandRunner, ReportingRunner, Runner
 from config import Config, ConfigError, load_config
 from context import AppContext, utc_now
-from database import Client, Database, database_url
+from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
-from reconcile import Orphan, describe_orphans, find_orphans, remove_orphans
+from reconcile import find_orphans
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
@@ -71,9 +71,9 @@ async def start(context: AppContext) -> None:
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
     subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
-    orphans = await context.database.read(partial(find_orphans, subnets=subnets))
-    if orphans:
-        raise StartupError(orphans_sentence(config, orphans, "PATH"))
+    outside = await context.database.read(partial(find_orphans, subnets=subnets))
+    if outside:
+        raise StartupError(orphans_module.refusal(config, outside, "PATH"))
     for fleet, settings in config.local_fleets.items():
         context.server_keys[fleet] = await context.wireguard.ensure_server_config(
             fleet, settings, has_clients=fleet in known
@@ -86,21 +86,6 @@ async def start(context: AppContext) -> None:
             report.removed_unknown,
             report.pruned,
         )
-
-
-def orphans_sentence(config: Config, orphans: list[Orphan], config_path: str) -> str:
-    """Why the service does not start, and the way out, for clients outside a subnet."""
-    counts = describe_orphans(orphans)
-    where = "; ".join(
-        f"fleet {fleet} has {count} client(s) outside its subnet {config.fleets[fleet].subnet}"
-        for fleet, count in sorted(counts.items())
-    )
-    return (
-        f"wg-fleet does not start: {where} (was the subnet edited?). Nothing was deleted. "
-        "Put the old subnet back, or list those clients with "
-        f"`python3 main.py orphans --config {config_path}` and delete them by "
-        "adding `--remove`."
-    )
 
 
 def create_app(
@@ -350,64 +335,6 @@ def migrate(config: Config) -> int:
     return 0
 
 
-def check_orphans(config: Config, config_path: Path) -> str | None:
-    """Before serving: the sentence to exit with when clients lie outside an edited subnet
-    of a fleet this node runs, else None (also when the database cannot be read yet:
-    start-up then reports that itself)."""
-    url = database_url(config.database)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return None  # a first start: nothing to check, and no file made here (with 0644)
-    database = Database(config.database)
-    try:
-        if not inspect(database.engine).has_table("clients"):
-            return None
-        subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
-        with Session(database.engine) as session:
-            orphans = find_orphans(session, subnets)
-    except SQLAlchemyError:
-        return None
-    finally:
-        database.close()
-    return orphans_sentence(config, orphans, str(config_path)) if orphans else None
-
-
-def orphans(config: Config, remove: bool) -> int:
-    """`main.py orphans --config PATH [--remove]`: list the clients whose address is
-    outside their fleet's configured subnet (one per line); with `--remove`, delete them.
-
-    The service refuses to start while there are any; this is the only way wg-fleet
-    deletes them. The interface follows at the next start (their peers are removed).
-    """
-    database = Database(config.database)
-    subnets = {fleet: settings.subnet for fleet, settings in config.fleets.items()}
-    try:
-        database.migrate()
-        with Session(database.engine) as session:
-            found = find_orphans(session, subnets)
-            for orphan in found:
-                print(  # noqa: T201 - the command's output
-                    f"{orphan.fleet}\t{orphan.address}\t{orphan.hostname or '(none)'}"
-                    f"\t{orphan.public_key}\toutside {subnets[orphan.fleet]}"
-                )
-            if not found:
-                print("no client is outside its fleet's subnet", file=sys.stderr)  # noqa: T201
-            elif remove:
-                removed = remove_orphans(session, found)
-                print(f"removed {removed} client(s)", file=sys.stderr)  # noqa: T201
-            else:
-                print(  # noqa: T201
-                    f"{len(found)} client(s) outside their fleet's subnet; add --remove to "
-                    "delete them",
-                    file=sys.stderr,
-                )
-    except SQLAlchemyError as error:
-        print(f"cannot read the database: {error}", file=sys.stderr)  # noqa: T201
-        return 1
-    finally:
-        database.close()
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
@@ -426,8 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "migrate":
         return migrate(config)
     if command == "orphans":
-        return orphans(config, remove)
-    refusal = check_orphans(config, arguments.config)
+        return orphans_module.run(config, remove)
+    refusal = orphans_module.check_before_serving(config, arguments.config)
     if refusal:
         print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
         return 2
