@@ -26,7 +26,6 @@ from context import AppContext
 from database import CLIENTS, UTCDateTime, advanced
 from drift import note_repair, repair_link, repair_settings
 from errors import DatabaseUnavailable
-from memory import release_free_memory
 from reconcile import Difference, plan_peers
 from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
@@ -320,4 +319,3 @@ class Pruner:
                 raise
             except Exception:
                 logger.exception("a pruning pass failed; the next one runs in %g s", interval)
-            await asyncio.to_thread(release_free_memory)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-import memory
 import pruning
 from errors import Busy
 from registry import _Request
@@ -108,11 +107,3 @@ async def test_a_background_task_that_fails_is_logged_with_its_traceback(
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.getMessage() for r in failures] == ["background task wg-fleet-example failed"]
     assert failures[0].exc_info is not None
-
-
-def test_free_memory_is_given_back_without_harm() -> None:
-    """After each pass (see memory.py); a no-op where glibc's malloc_trim is missing."""
-    kept = [bytearray(1 << 20) for _ in range(8)]
-    del kept
-    memory.release_free_memory()
-    assert memory._TRIM is not None  # these machines run glibc
