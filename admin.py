@@ -12,13 +12,14 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from context import AppContext
 from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
+from health import problems as health_problems
 from labels import InvalidLabel, parse_selector
 from listing import (
     SORTS,
@@ -288,15 +289,9 @@ async def metrics(context: ContextDep) -> Response:
     responses={503: {"description": "The database or an interface is not working."}},
 )
 async def health(context: ContextDep) -> JSONResponse:
-    """`pass` when the database answers and every fleet's interface is up."""
-    problems: list[str] = []
-    try:
-        await context.database.read(lambda session: session.execute(text("SELECT 1")).scalar())
-    except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
-        problems.append(f"the database does not answer: {type(error).__name__}")
-    for fleet in context.config.local_fleets:
-        if not await context.link_states.is_up(fleet):
-            problems.append(f"interface {interface_name(fleet)} is down")
+    """`pass` when the database answers and every fleet's interface matches its config;
+    `fail` naming each problem otherwise (see health.py)."""
+    problems = await health_problems(context)
     body: dict[str, Any] = (
         {"status": "fail", "problems": problems} if problems else {"status": "pass"}
     )

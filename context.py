@@ -39,6 +39,8 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Fleet -> why its last pass failed, for /health; cleared by the next good pass.
+    failed_passes: dict[str, str] = field(default_factory=dict)
     registry: Registry = field(init=False)
     publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
@@ -62,6 +64,7 @@ class AppContext:
             self.config.prometheus_target_port,
             names={fleet: self.config.names_of(fleet) for fleet in self.config.fleets},
             node_of=self.config.node_of,
+            on_write=self.metrics.file_written,
         )
         self.registry = Registry(
             self.config,

@@ -1,9 +1,9 @@
-"""Whether each fleet's interface is up, for /health: at most one `ip` call per fleet
+"""Each fleet's interface as `ip` sees it, for /health: at most one `ip` call per fleet
 per second however often /health is asked, and concurrent askers share one call.
 
-Only "up" is remembered (for `ttl` seconds): an interface found down is checked again
-at the next request (still one call at a time), so /health turns green as soon as a
-pass has brought the interface back.
+Only a link found up is remembered (for `ttl` seconds): one found down or missing is
+read again at the next request (still one call at a time), so /health turns green as
+soon as a pass has repaired the interface. `ip` itself failing raises, uncached.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from wireguard import WireGuard
+from wireguard import LinkState, WireGuard
 
 DEFAULT_TTL = 1.0
 
@@ -20,28 +20,24 @@ class LinkStates:
     def __init__(self, wireguard: WireGuard, ttl: float = DEFAULT_TTL) -> None:
         self._wireguard = wireguard
         self._ttl = ttl
-        self._up_at: dict[str, float] = {}
-        self._checks: dict[str, asyncio.Task[bool]] = {}
+        self._seen: dict[str, tuple[float, LinkState]] = {}
+        self._reads: dict[str, asyncio.Task[LinkState | None]] = {}
 
-    async def is_up(self, fleet: str) -> bool:
-        """Whether the fleet's interface is up; `ip` failing counts as down."""
-        seen = self._up_at.get(fleet)
-        if seen is not None and time.monotonic() - seen < self._ttl:
-            return True
-        check = self._checks.get(fleet)
-        if check is None:
-            check = asyncio.ensure_future(self._check(fleet))
-            self._checks[fleet] = check
-            check.add_done_callback(lambda _: self._checks.pop(fleet, None))
-        return await asyncio.shield(check)
+    async def link(self, fleet: str) -> LinkState | None:
+        """The fleet's interface (None when it does not exist)."""
+        seen = self._seen.get(fleet)
+        if seen is not None and time.monotonic() - seen[0] < self._ttl:
+            return seen[1]
+        read = self._reads.get(fleet)
+        if read is None:
+            read = asyncio.ensure_future(self._read(fleet))
+            self._reads[fleet] = read
+            read.add_done_callback(lambda _: self._reads.pop(fleet, None))
+        return await asyncio.shield(read)
 
-    async def _check(self, fleet: str) -> bool:
-        try:
-            up = await self._wireguard.is_up(fleet)
-        except Exception:  # noqa: BLE001 - `ip` itself failing counts as down
-            up = False
-        if up:
-            self._up_at[fleet] = time.monotonic()
-        else:
-            self._up_at.pop(fleet, None)
-        return up
+    async def _read(self, fleet: str) -> LinkState | None:
+        self._seen.pop(fleet, None)
+        link = await self._wireguard.link(fleet)
+        if link is not None and link.up:
+            self._seen[fleet] = (time.monotonic(), link)
+        return link

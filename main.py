@@ -27,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+import orphans as orphans_module
 import uapi
 from access import RateLimiter, is_loopback, is_unprotected
 from admin import router as admin_router
@@ -43,10 +44,11 @@ from inventory import router as inventory_router
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
-from reconcile import delete_outside_subnet
+from reconcile import find_orphans
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
+from unhandled import JSONErrors
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -57,25 +59,24 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 async def start(context: AppContext) -> None:
-    """Schema, server keys and configs, interfaces up, peers reconciled."""
+    """Schema, server keys and configs, interfaces up and matching, peers reconciled.
+
+    Raises `StartupError` when clients lie outside an edited subnet: nothing is deleted
+    because of a config edit (see `main.py orphans`).
+    """
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
+    subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
+    outside = await context.database.read(partial(find_orphans, subnets=subnets))
+    if outside:
+        raise StartupError(orphans_module.refusal(config, outside, "PATH"))
     for fleet, settings in config.local_fleets.items():
-        context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
-        stray = await context.database.write(
-            partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
+        context.server_keys[fleet] = await context.wireguard.ensure_server_config(
+            fleet, settings, has_clients=fleet in known
         )
-        if stray:
-            logger.warning(
-                "fleet %s: deleted %d client(s) whose address is outside %s: %s",
-                fleet,
-                len(stray),
-                settings.subnet,
-                ", ".join(stray[:10]) + (" …" if len(stray) > 10 else ""),
-            )
     for report in await sweep_all(context, at_startup=True):
         logger.info(
             "wg_%s: up; %d peer(s) restored, %d unknown removed, %d pruned",
@@ -120,11 +121,12 @@ def create_app(
         try:
             try:
                 await start(context)
-            except (CommandError, OSError, RuntimeError) as error:
+            except (CommandError, OSError, RuntimeError, WgFleetError) as error:
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
             context.activity.start()
+            context.publisher.start()
             app.state.pruner = pruner
             reload_on_hangup(pruner)
             remote = sorted(set(config.fleets) - set(config.local_fleets))
@@ -144,10 +146,16 @@ def create_app(
             try:
                 yield
             finally:
+                # Every task the app started is ended here, in reverse order of need.
                 stop_reloading_on_hangup()
                 await pruner.stop()
-                await context.activity.stop()
+                await context.registry.close()
+                await context.publisher.stop()
                 await context.status.close()
+                try:
+                    await context.activity.stop()
+                except WgFleetError as error:
+                    logger.error("could not store the last ping times: %s", error)
         finally:
             context.wireguard.close()
             database.close()
@@ -182,6 +190,7 @@ def create_app(
     app.add_middleware(
         AllowedHosts, allowed_hosts=config.allowed_hosts or default_allowed_hosts(config)
     )
+    app.add_middleware(JSONErrors)  # outermost of ours: covers the middlewares above too
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:
@@ -282,6 +291,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="main.py",
         description="Run the wg-fleet server for the fleets in a YAML config. "
         "`main.py migrate --config PATH` only upgrades the database; "
+        "`main.py orphans --config PATH [--remove]` lists (and removes) the clients "
+        "left outside an edited subnet; "
         "`main.py hash-password` prints a hash for the config's admin password.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
@@ -351,7 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
         return print_password_hash()
-    command = argv.pop(0) if argv[:1] == ["migrate"] else "serve"
+    command = argv.pop(0) if argv[:1] in (["migrate"], ["orphans"]) else "serve"
+    remove = command == "orphans" and "--remove" in argv
+    if remove:
+        argv.remove("--remove")
     arguments = parse_arguments(argv)
     try:
         config = load_config(arguments.config, overrides_from(arguments))
@@ -361,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
     if command == "migrate":
         return migrate(config)
+    if command == "orphans":
+        return orphans_module.run(config, remove)
+    refusal = orphans_module.check_before_serving(config, arguments.config)
+    if refusal:
+        print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
+        return 2
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     problem = check_prerequisites()
     if problem:

@@ -51,6 +51,25 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.repairs = Counter(
+            "wg_fleet_repairs",
+            "Differences between an interface and its config or database that were repaired.",
+            ["fleet", "node", "what"],
+            registry=self.registry,
+        )
+        self.file_write_failures = Counter(
+            "wg_fleet_file_write_failures",
+            "Failed writes of a published file (retried at every pass until one succeeds).",
+            ["file"],
+            registry=self.registry,
+        )
+        self.file_write_failing = Gauge(
+            "wg_fleet_file_write_failing",
+            "1 while the last write of a published file failed, else 0.",
+            ["file"],
+            registry=self.registry,
+        )
+
     def start_fleets(self, fleets: list[str]) -> None:
         """Export every fleet's series from the start, at zero, so rates are defined."""
         for fleet in fleets:
@@ -65,6 +84,15 @@ class Metrics:
 
     def pruned_clients(self, fleet: str, count: int) -> None:
         self.pruned.labels(fleet=fleet, node=self._node_of(fleet)).inc(count)
+
+    def repaired(self, fleet: str, what: str) -> None:
+        self.repairs.labels(fleet=fleet, node=self._node_of(fleet), what=what).inc()
+
+    def file_written(self, file: str, ok: bool) -> None:
+        """Record the outcome of one write of a published file (`hosts` or `targets`)."""
+        self.file_write_failing.labels(file=file).set(0 if ok else 1)
+        if not ok:
+            self.file_write_failures.labels(file=file).inc()
 
     def command_failed(self, command: str) -> None:
         self.command_failures.labels(command=command).inc()

@@ -40,6 +40,7 @@ from errors import (
 from hosts import Publisher
 from metrics import Metrics
 from roster import Roster
+from tasks import report_failure
 from wireguard import WireGuard, generate_keypair, render_client_config
 
 logger = logging.getLogger(__name__)
@@ -326,7 +327,9 @@ class Registry:
         request = _Request(key, str(source_ip), loop.create_future(), generated=keys is not None)
         self._queues.setdefault(fleet, []).append(request)
         if fleet not in self._workers:
-            self._workers[fleet] = asyncio.create_task(self._drain(fleet))
+            worker = asyncio.create_task(self._drain(fleet), name=f"wg-fleet-register-{fleet}")
+            worker.add_done_callback(report_failure)
+            self._workers[fleet] = worker
         address, created = await request.outcome
         self._metrics.registered(fleet)
         if created:
@@ -339,6 +342,19 @@ class Registry:
         )
         return Registration(address, key, config, created)
 
+    async def close(self) -> None:
+        """Cancel the workers still draining a queue (at shutdown, after the server has
+        stopped taking requests); a request still waiting gets `Busy`."""
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for queue in self._queues.values():
+            for request in queue:
+                if not request.outcome.done():
+                    request.outcome.set_exception(Busy("The service is stopping; try again."))
+            queue.clear()
+
     async def _drain(self, fleet: str) -> None:
         queue = self._queues[fleet]
         try:
@@ -347,11 +363,13 @@ class Registry:
                 del queue[:MAX_BATCH]
                 try:
                     outcomes = await self._register_batch(fleet, batch)
-                except Exception as error:
+                except WgFleetError as error:
+                    # Expected (the database down, say): one line, no traceback.
+                    logger.warning("registration in fleet %s failed: %s", fleet, error)
+                    outcomes = [error] * len(batch)
+                except Exception:
                     logger.exception("registration in fleet %s failed", fleet)
                     outcomes = [Busy("Registration failed; try again.")] * len(batch)
-                    if isinstance(error, WgFleetError):
-                        outcomes = [error] * len(batch)
                 for request, outcome in zip(batch, outcomes, strict=True):
                     if request.outcome.done():
                         continue  # the caller went away
