@@ -1,118 +1,75 @@
-"""Optional access control, all off unless configured.
+"""Optional access control for registration, all off unless configured.
 
-- `admin`: HTTP Basic with an argon2 hash on everything except registration, pings, leaving and
-  /health (clients and health checks never carry admin credentials);
 - per fleet `registration_token` (Bearer, compared in constant time) and
   `register_from` (CIDRs allowed to register);
-- `register_rate_limit`: registrations per source address (429 with Retry-After).
+- `register_rate_limit`: registrations per source (429 with Retry-After), an IPv6
+  source counted by its /64 (`ipv6_prefix`).
+
+The admin password (HTTP Basic on the dashboard) is `admin_auth.py`'s.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
 import ipaddress
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from addresses import IPAddress, is_trusted
-from config import AdminConfig, Config, FleetConfig, RateLimit
+from config import Config, FleetConfig, RateLimit
 from errors import Forbidden, TooManyRequests, Unauthorized
 
-OPEN_ROUTES = re.compile(r"^(POST /fleet/[^/]+/(register|ping|leave)|GET /health)$")
-RATE_LIMIT_ADDRESSES = 100_000  # addresses remembered by the rate limiter at most
-VERIFIED_CACHE = 64  # credential digests remembered after a successful argon2 check
+RATE_LIMIT_ADDRESSES = 100_000  # sources remembered by the rate limiter at most
 
 
-def hash_password(password: str) -> str:
-    return PasswordHasher().hash(password)
+Source = IPAddress | ipaddress.IPv6Network
 
 
-class AdminAuth:
-    """ASGI middleware: HTTP Basic on every route but registration, pings, leaving and
-    /health.
-
-    argon2 is slow on purpose, so a verified credential is remembered (as a salted
-    digest, never the password) and later requests with it skip the hash.
-    """
-
-    def __init__(self, app: ASGIApp, admin: AdminConfig) -> None:
-        self.app = app
-        self._username = admin.username.encode()
-        self._hash = admin.password_hash.get_secret_value()
-        self._hasher = PasswordHasher()
-        self._salt = hashlib.sha256(self._hash.encode()).digest()
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or OPEN_ROUTES.match(f"{scope['method']} {scope['path']}"):
-            await self.app(scope, receive, send)
-            return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        if self._allows(header):
-            await self.app(scope, receive, send)
-            return
-        refusal = JSONResponse(
-            {"detail": "Admin credentials are required (HTTP Basic)."},
-            status_code=401,
-            headers={"WWW-Authenticate": 'Basic realm="wg-fleet", charset="UTF-8"'},
-        )
-        await refusal(scope, receive, send)
-
-    def _allows(self, header: bytes) -> bool:
-        scheme, _, encoded = header.partition(b" ")
-        if scheme.lower() != b"basic":
-            return False
-        try:
-            username, _, password = base64.b64decode(encoded, validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return False
-        digest = hmac.new(self._salt, username + b"\0" + password, hashlib.sha256).digest()
-        if digest in self._verified:
-            self._verified.move_to_end(digest)
-            return True
-        if not hmac.compare_digest(username, self._username):
-            return False
-        try:
-            self._hasher.verify(self._hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
-        self._verified[digest] = None
-        if len(self._verified) > VERIFIED_CACHE:
-            self._verified.popitem(last=False)
-        return True
+def source_of(address: IPAddress, ipv6_prefix: int) -> Source:
+    """What a limit counts as one source: an IPv4 address, or the IPv6 network of
+    `ipv6_prefix` bits around an IPv6 address (a host usually holds a whole /64)."""
+    if isinstance(address, ipaddress.IPv6Address) and ipv6_prefix < 128:
+        return ipaddress.IPv6Network(f"{address}/{ipv6_prefix}", strict=False)
+    return address
 
 
 class RateLimiter:
-    """A token bucket per source address: `requests` per `per`, refilled continuously."""
+    """A token bucket per source (see `source_of`): `requests` per `per`, refilled
+    continuously. At most `RATE_LIMIT_ADDRESSES` sources are remembered, the least
+    recently seen forgotten first."""
 
     def __init__(self, limit: RateLimit, clock: Callable[[], float] = time.monotonic) -> None:
         self._capacity = float(limit.requests)
         self._rate = limit.requests / limit.per.total_seconds()
+        self._prefix = limit.ipv6_prefix
         self._clock = clock
-        self._buckets: OrderedDict[IPAddress, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[Source, tuple[float, float]] = OrderedDict()
+
+    def source(self, address: IPAddress) -> Source:
+        return source_of(address, self._prefix)
 
     def retry_after(self, address: IPAddress) -> int:
         """0 when a request from `address` may go ahead now (and count it), else the
         seconds to wait."""
+        return self._take(address, consume=True)
+
+    def waiting(self, address: IPAddress) -> int:
+        """The seconds `address` must wait before its next request counts; 0 when it
+        may go ahead. Counts nothing."""
+        return self._take(address, consume=False)
+
+    def _take(self, address: IPAddress, *, consume: bool) -> int:
+        key = self.source(address)
         now = self._clock()
-        tokens, then = self._buckets.pop(address, (self._capacity, now))
+        tokens, then = self._buckets.pop(key, (self._capacity, now))
         tokens = min(self._capacity, tokens + (now - then) * self._rate)
         if tokens >= 1:
-            self._buckets[address] = (tokens - 1, now)
+            self._buckets[key] = (tokens - 1 if consume else tokens, now)
             wait = 0
         else:
-            self._buckets[address] = (tokens, now)
+            self._buckets[key] = (tokens, now)
             wait = math.ceil((1 - tokens) / self._rate)
         if len(self._buckets) > RATE_LIMIT_ADDRESSES:
             self._buckets.popitem(last=False)
@@ -126,7 +83,16 @@ def check_registration(
     authorization: str | None,
     limiter: RateLimiter | None,
 ) -> None:
-    """Raise `Unauthorized`, `Forbidden` or `TooManyRequests` when the fleet's rules say no."""
+    """Raise `TooManyRequests`, `Unauthorized` or `Forbidden` when the fleet's rules say
+    no. Every attempt counts toward the rate limit, a wrong token included: the limit
+    is what keeps a token from being guessed."""
+    if limiter is not None:
+        wait = limiter.retry_after(source)
+        if wait:
+            raise TooManyRequests(
+                f"Too many registrations from {limiter.source(source)}; try again in {wait} s.",
+                wait,
+            )
     if settings.registration_token is not None:
         scheme, _, token = (authorization or "").partition(" ")
         expected = settings.registration_token.get_secret_value().encode()
@@ -137,12 +103,6 @@ def check_registration(
             )
     if settings.register_from and not is_trusted(source, settings.register_from):
         raise Forbidden(f"Registering in fleet {fleet} is not allowed from {source}.")
-    if limiter is not None:
-        wait = limiter.retry_after(source)
-        if wait:
-            raise TooManyRequests(
-                f"Too many registrations from {source}; try again in {wait} s.", wait
-            )
 
 
 def is_unprotected(config: Config) -> bool:

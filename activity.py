@@ -19,6 +19,8 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from database import CLIENTS, Database, UTCDateTime, advanced
+from errors import DatabaseUnavailable
+from tasks import report_failure
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class ActivityBuffer:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wg-fleet-activity")
+        self._task.add_done_callback(report_failure)
 
     async def stop(self) -> None:
         """Stop the timer and write what is still pending."""
@@ -111,12 +114,25 @@ class ActivityBuffer:
         await self.flush()
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self._interval)
             try:
                 await self.flush()
+            except DatabaseUnavailable as error:
+                # Expected while the database is down: said once, retried every second.
+                if not failing:
+                    logger.warning(
+                        "cannot store ping times (%s); they are kept and retried", error.cause
+                    )
+                failing = True
+                continue
             except Exception:
                 logger.exception("could not store ping times; they are kept for the next try")
+                continue
+            if failing:
+                logger.info("ping times are stored again")
+                failing = False
 
 
 def _store_and_commit(session: Session, pending: dict[tuple[str, str], datetime]) -> None:

@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
-from config import IPNetwork
+from literals import IPNetwork
 
 IPAddress = IPv4Address | IPv6Address
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, Field
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from context import AppContext
@@ -20,8 +20,18 @@ from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
 from events import as_json, latest_events
+from health import problems as health_problems
 from labels import InvalidLabel, parse_selector
-from listing import SORTS, Cursor, InvalidCursor, Page, Sort, select_page
+from listing import (
+    SORTS,
+    Cursor,
+    InvalidCursor,
+    InvalidSearch,
+    Page,
+    Sort,
+    check_search,
+    select_page,
+)
 from routes import ContextDep, TemplatesDep
 from status import ONLINE_WINDOW
 from wireguard import interface_name
@@ -105,7 +115,8 @@ async def client_page(
         raise FleetNotFound(fleet)
     try:
         position = Cursor.decode(cursor, sort) if cursor else None
-    except InvalidCursor as error:
+        q = check_search(q)
+    except (InvalidCursor, InvalidSearch) as error:
         raise BadRequest(str(error)) from None
     page = await context.database.read(
         lambda session: select_page(
@@ -285,19 +296,9 @@ async def metrics(context: ContextDep) -> Response:
     responses={503: {"description": "The database or an interface is not working."}},
 )
 async def health(context: ContextDep) -> JSONResponse:
-    """`pass` when the database answers and every fleet's interface is up."""
-    problems: list[str] = []
-    try:
-        await context.database.read(lambda session: session.execute(text("SELECT 1")).scalar())
-    except Exception as error:  # noqa: BLE001 - any failure means the database is unusable
-        problems.append(f"the database does not answer: {type(error).__name__}")
-    for fleet in context.config.local_fleets:
-        try:
-            up = await context.wireguard.is_up(fleet)
-        except Exception:  # noqa: BLE001 - `ip` itself failing counts as down
-            up = False
-        if not up:
-            problems.append(f"interface {interface_name(fleet)} is down")
+    """`pass` when the database answers and every fleet's interface matches its config;
+    `fail` naming each problem otherwise (see health.py)."""
+    problems = await health_problems(context)
     body: dict[str, Any] = (
         {"status": "fail", "problems": problems} if problems else {"status": "pass"}
     )

@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from literals import IPNetwork, parse_address, parse_network
 from names import DEFAULT_NAMES, check_templates
 
 DEFAULT_DATABASE = "/var/lib/wg-fleet/clients.db"
@@ -35,6 +36,7 @@ DEFAULT_HOSTS_FILE = Path("/run/wg_fleet_hosts")
 DEFAULT_WIREGUARD_DIR = Path("/etc/wireguard")
 DEFAULT_HOST = "::"
 DEFAULT_PORT = 8000
+DEFAULT_IPV6_PREFIX = 64
 
 FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 FLEET_NAME_MAX = 12  # "wg_" + 12 characters fits Linux's 15-character interface names
@@ -43,8 +45,6 @@ NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 DURATION_PART = re.compile(r"(\d+)([dhms])")
 DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -110,13 +110,38 @@ def _is_dns_name(value: str) -> bool:
 
 
 def parse_networks(value: object) -> tuple[IPNetwork, ...]:
-    """A YAML list of addresses or CIDRs (a bare address is its /32 or /128)."""
+    """A YAML list of addresses or CIDRs (a bare address is its /32 or /128), each
+    without scope ID or host bits (see `literals.parse_network`)."""
     if not isinstance(value, list | tuple):
         raise ValueError("must be a list of IP addresses or CIDRs")
     try:
-        return tuple(ipaddress.ip_network(str(item), strict=False) for item in value)
+        return tuple(parse_network(item) for item in value)
     except ValueError as error:
-        raise ValueError(f"contains an invalid network ({error})") from None
+        raise ValueError(f"contains an invalid network: {error}") from None
+
+
+def parse_allowed_hosts(value: object) -> tuple[str, ...]:
+    """`["*"]`, or names, `*.`-wildcards and address literals for the Host header."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError('must be a non-empty list of host names or addresses, or ["*"]')
+    hosts: list[str] = []
+    for item in value:
+        text = str(item).strip().lower().rstrip(".")
+        if text == "*":
+            hosts.append(text)
+            continue
+        name = text.removeprefix("*.")
+        try:
+            hosts.append(str(parse_address(name.strip("[]"))))
+            continue
+        except ValueError:
+            pass
+        if not _is_dns_name(name):
+            raise ValueError(f"{item!r} is not a host name, a *.domain wildcard or an IP address")
+        hosts.append(text)
+    if "*" in hosts and len(hosts) > 1:
+        raise ValueError('"*" admits every host and cannot be combined with others')
+    return tuple(hosts)
 
 
 def parse_moment(value: object) -> datetime:
@@ -145,6 +170,7 @@ Moment = Annotated[datetime, BeforeValidator(parse_moment)]
 Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)]
 # Hosts-file name templates (see names.py); unknown placeholders are errors.
 NameTemplates = Annotated[tuple[str, ...], AfterValidator(check_templates)]
+AllowedHosts = Annotated[tuple[str, ...], BeforeValidator(parse_allowed_hosts)]
 
 
 class _Frozen(BaseModel):
@@ -155,9 +181,21 @@ class ListenConfig(_Frozen):
     host: str = DEFAULT_HOST
     port: int = Field(default=DEFAULT_PORT, ge=1, le=65535, strict=True)
 
+    @field_validator("host", mode="before")
+    @classmethod
+    def _host_is_address_or_name(cls, value: object) -> object:
+        try:
+            return str(parse_address(str(value).strip("[]")))
+        except ValueError as error:
+            if "%" in str(value):
+                raise
+            if isinstance(value, str) and _is_dns_name(value):
+                return value.lower().rstrip(".")
+            raise ValueError(f"{value!r} is neither an IP address nor a host name") from error
+
 
 class AdminConfig(_Frozen):
-    """HTTP Basic credentials for the dashboard, the JSON API, /metrics and /docs."""
+    """HTTP Basic credentials for the dashboard, the JSON API, /metrics and /openapi.json."""
 
     username: str = Field(min_length=1)
     password_hash: SecretStr
@@ -171,10 +209,13 @@ class AdminConfig(_Frozen):
 
 
 class RateLimit(_Frozen):
-    """At most `requests` registrations per source address within any `per`."""
+    """At most `requests` registrations per source within any `per`. A source is an
+    IPv4 address, or the IPv6 network of `ipv6_prefix` bits holding the address (one
+    host usually holds a whole /64 and may pick any address in it)."""
 
     requests: int = Field(ge=1, strict=True)
     per: Duration
+    ipv6_prefix: int = Field(default=DEFAULT_IPV6_PREFIX, ge=1, le=128, strict=True)
 
 
 class FleetConfig(_Frozen):
@@ -197,18 +238,15 @@ class FleetConfig(_Frozen):
     @field_validator("ip6", mode="before")
     @classmethod
     def _ip6_is_ipv6(cls, value: object) -> object:
-        try:
-            return ipaddress.IPv6Address(str(value))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IPv6 address") from None
+        address = parse_address(value)
+        if address.version != 6:
+            raise ValueError(f"{value!r} is not an IPv6 address")
+        return address
 
     @field_validator("subnet", mode="before")
     @classmethod
     def _subnet_is_ipv6_network(cls, value: object) -> object:
-        try:
-            network = ipaddress.ip_network(str(value), strict=True)
-        except ValueError as error:
-            raise ValueError(f"{value!r} is not a valid network ({error})") from None
+        network = parse_network(value)
         if network.version != 6:
             raise ValueError(f"{value} is not an IPv6 subnet")
         return network
@@ -217,11 +255,12 @@ class FleetConfig(_Frozen):
     @classmethod
     def _external_ip_is_address_or_name(cls, value: str) -> str:
         try:
-            return str(ipaddress.ip_address(value.strip("[]")))
-        except ValueError:
-            pass
-        if not _is_dns_name(value):
-            raise ValueError(f"{value!r} is neither an IP address nor a DNS name")
+            return str(parse_address(value.strip("[]")))
+        except ValueError as error:
+            if "%" in value:
+                raise
+            if not _is_dns_name(value):
+                raise ValueError(f"{value!r} is neither an IP address nor a DNS name") from error
         return value.lower().rstrip(".")
 
     @model_validator(mode="after")
@@ -296,6 +335,7 @@ class Config(_Frozen):
     wireguard_dir: Path = DEFAULT_WIREGUARD_DIR
     listen: ListenConfig = ListenConfig()
     trusted_proxies: Networks = ()
+    allowed_hosts: AllowedHosts | None = None
     hostname_separator: str = ""
     fleets: dict[str, FleetConfig] = Field(min_length=1)
     admin: AdminConfig | None = None

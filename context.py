@@ -12,6 +12,7 @@ from command import Runner
 from config import Config
 from database import Database
 from hosts import Publisher
+from linkstate import LinkStates
 from metrics import Metrics
 from pings import Pinger
 from registry import Clock, Registry
@@ -38,9 +39,12 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # Fleet -> why its last pass failed, for /health; cleared by the next good pass.
+    failed_passes: dict[str, str] = field(default_factory=dict)
     registry: Registry = field(init=False)
     publisher: Publisher = field(init=False)
     status: StatusCache = field(init=False)
+    link_states: LinkStates = field(init=False)
     activity: ActivityBuffer = field(init=False)
     roster: Roster = field(default_factory=Roster)
     pinger: Pinger = field(init=False)
@@ -49,6 +53,7 @@ class AppContext:
         for name in self.config.local_fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
         self.status = StatusCache(self.wireguard)
+        self.link_states = LinkStates(self.wireguard)
         self.metrics.start_fleets(list(self.config.fleets))
         self.publisher = Publisher(
             self.config.hosts_file,
@@ -59,6 +64,7 @@ class AppContext:
             self.config.prometheus_target_port,
             names={fleet: self.config.names_of(fleet) for fleet in self.config.fleets},
             node_of=self.config.node_of,
+            on_write=self.metrics.file_written,
         )
         self.registry = Registry(
             self.config,

@@ -31,9 +31,12 @@ from sqlalchemy import (
     event,
     false,
 )
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from errors import DatabaseUnavailable
 from migrations import upgrade
 
 T = TypeVar("T")
@@ -124,6 +127,12 @@ def make_engine(database: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def is_full(cause: str) -> bool:
+    """Whether a database error says its disk is full (SQLite's SQLITE_FULL, or ENOSPC)."""
+    lowered = cause.lower()
+    return "disk is full" in lowered or "no space left" in lowered
+
+
 class Database:
     """An engine plus the threads that use it; `write` jobs run one at a time."""
 
@@ -142,11 +151,20 @@ class Database:
             os.umask(old_umask)
 
     def _in_session(self, job: Callable[[Session], T]) -> T:
-        with self._sessions() as session:
-            return job(session)
+        try:
+            with self._sessions() as session:
+                return job(session)
+        except (OperationalError, InterfaceError, PoolTimeout) as error:
+            # The server is down, the connection was cut, the disk is full: the
+            # operation did not happen, and says so in a sentence (503), not a 500.
+            cause = " ".join(str(getattr(error, "orig", None) or error).split())[:300]
+            raise DatabaseUnavailable(cause, full=is_full(cause)) from error
 
     async def write(self, job: Callable[[Session], T]) -> T:
-        """Run `job(session)` on the writer thread; the job commits what it keeps."""
+        """Run `job(session)` on the writer thread; the job commits what it keeps.
+
+        Raises `DatabaseUnavailable` when the database cannot be reached or cannot
+        write (`read` alike)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer, self._in_session, job)
 

@@ -17,6 +17,7 @@ Error tree::
     ├── PoolExhausted          503  no free address left in the fleet's subnet
     ├── FleetFull              503  the fleet has max_clients clients
     ├── WireGuardUnavailable   503  `wg` failed; nothing was changed
+    ├── DatabaseUnavailable    503  the database does not answer or cannot write
     └── Busy                   503  concurrent writers kept colliding; try again
 """
 
@@ -91,6 +92,19 @@ class FleetFull(WgFleetError):
 
 class WireGuardUnavailable(WgFleetError):
     status_code = 503
+
+
+class DatabaseUnavailable(WgFleetError):
+    status_code = 503
+
+    def __init__(self, cause: str = "", *, full: bool = False) -> None:
+        super().__init__(
+            "The database has no room left (its disk is full), so nothing was changed; "
+            "try again later."
+            if full
+            else "The database is not available right now, so nothing was changed; try again later."
+        )
+        self.cause = cause
 
 
 class Busy(WgFleetError):

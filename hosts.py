@@ -6,6 +6,7 @@ targets file (every client, labelled)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from database import Client, Database
 from files import write_if_changed
 from names import Entry, Naming, assign_names, compile_rules
+from tasks import report_failure
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +94,10 @@ class Publisher:
 
     Both are rewritten from the database, atomically and only when their content
     changed. Concurrent refreshes coalesce: a call made while a write is under way
-    causes one more write after it, never one per call, and returns at once.
+    causes one more write after it, never one per call, and returns at once. A write
+    that fails is remembered (`failures`, `/health`, `on_write`) and retried at every
+    pass until it succeeds. `refresh_soon` is served by a task that `start` creates and
+    `stop` ends (the lifespan calls both).
     """
 
     def __init__(
@@ -105,6 +110,8 @@ class Publisher:
         target_port: int = 9100,
         names: Mapping[str, Sequence[str]] | None = None,
         node_of: Callable[[str], str] | None = None,
+        on_write: Callable[[str, bool], None] | None = None,
+        soon: float = 1.0,
     ) -> None:
         self.path = path
         self._database = database
@@ -115,33 +122,60 @@ class Publisher:
         self._rules = compile_rules(names or {})
         self._node_of = node_of
         self._told_collisions = False
+        self._on_write = on_write
+        self._soon_delay = soon
         self._lock = asyncio.Lock()
         self._pending = False
-        self._soon: asyncio.TimerHandle | None = None
+        self._soon = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._changed = True  # nothing written yet
+        self._failures: dict[Path, str] = {}
 
     def changed(self) -> None:
         """Note that names or clients changed, for the next pass to publish."""
         self._changed = True
 
     def is_changed(self) -> bool:
-        return self._changed
+        """Whether the next pass must write: something changed, or a write failed."""
+        return self._changed or bool(self._failures)
 
-    def refresh_soon(self, delay: float = 1.0) -> None:
-        """Refresh within `delay` seconds, once for any number of calls until then.
+    def failures(self) -> list[str]:
+        """A sentence per published file whose last write failed."""
+        return [f"cannot write {path}: {error}" for path, error in sorted(self._failures.items())]
+
+    def refresh_soon(self) -> None:
+        """Refresh within a second, once for any number of calls until then.
 
         For registrations, which change only the targets file: a burst of them costs one
-        rewrite a second, not one per batch.
+        rewrite a second, not one per batch. Without `start`, nothing happens until the
+        next pass.
         """
-        if self._targets is None or self._soon is not None:
-            return
+        if self._targets is not None:
+            self._changed = True
+            self._soon.set()
 
-        def fire() -> None:
-            self._soon = None
-            task = asyncio.ensure_future(self.refresh())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="wg-fleet-publisher")
+        self._task.add_done_callback(report_failure)
 
-        self._soon = asyncio.get_running_loop().call_later(delay, fire)
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._soon.wait()
+            await asyncio.sleep(self._soon_delay)
+            self._soon.clear()
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception(
+                    "could not publish the hosts or targets file; the next pass tries again"
+                )
 
     async def refresh(self) -> None:
         self._pending = True
@@ -151,32 +185,51 @@ class Publisher:
             while self._pending:
                 self._pending = False
                 self._changed = False
-                entries = await self._database.read(
-                    partial(select_clients, fleets=self._fleets, named_only=self._targets is None)
-                )
+                try:
+                    entries = await self._database.read(
+                        partial(
+                            select_clients, fleets=self._fleets, named_only=self._targets is None
+                        )
+                    )
+                except BaseException:
+                    self._changed = True  # the next pass tries again
+                    raise
                 # Rendering and writing tens of thousands of lines stays off the loop.
                 await asyncio.to_thread(self._write_all, entries)
 
     def _write_all(self, entries: list[Entry]) -> None:
         naming = assign_names(entries, self._rules, self._domain)
         named = len(naming.names)
-        written = self._write(self.path, render_named_hosts(naming), f"{named} named client(s)")
+        written = self._write(
+            "hosts", self.path, lambda: render_named_hosts(naming), f"{named} named client(s)"
+        )
         if written or not self._told_collisions:
             self._told_collisions = True  # at start-up, and then whenever the file changes
             for collision in naming.collisions:
                 logger.warning("hosts file: %s", collision)
         if self._targets is not None:
-            text = render_targets(entries, self._target_port, self._node_of)
-            self._write(self._targets, text, f"{len(entries)} target(s)")
+            self._write(
+                "targets",
+                self._targets,
+                lambda: render_targets(entries, self._target_port, self._node_of),
+                f"{len(entries)} target(s)",
+            )
 
-    @staticmethod
-    def _write(path: Path, text: str, what: str) -> bool:
+    def _write(self, file: str, path: Path, render: Callable[[], str], what: str) -> bool:
         try:
-            written = write_if_changed(path, text, PUBLISHED_MODE)
+            written = write_if_changed(path, render(), PUBLISHED_MODE)
         except OSError as error:
-            # The next refresh (at the latest the next pruning pass) tries again.
-            logger.error("cannot write %s: %s", path, error)
+            # Remembered: `is_changed` stays true, so every pass tries again.
+            if path not in self._failures:
+                logger.error("cannot write %s: %s; retrying at every pass", path, error)
+            self._failures[path] = error.strerror or str(error)
+            if self._on_write is not None:
+                self._on_write(file, False)
             return False
+        if self._failures.pop(path, None) is not None:
+            logger.info("wrote %s again after failing", path)
+        if self._on_write is not None:
+            self._on_write(file, True)
         if written:
             logger.info("wrote %s with %s", path, what)
         return written

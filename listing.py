@@ -25,8 +25,35 @@ Sort = Literal["hostname", "activity", "address"]
 SORTS: tuple[Sort, ...] = ("hostname", "activity", "address")
 
 
+MAX_CURSOR = 400  # characters; the longest cursor `encode` makes is about 200
+MAX_ID = 1 << 63  # ids are BIGINT on PostgreSQL
+
+
 class InvalidCursor(ValueError):
     pass
+
+
+class InvalidSearch(ValueError):
+    pass
+
+
+def check_text(value: str) -> None:
+    """`ValueError` for text no database column can hold: NUL (PostgreSQL refuses it)
+    or unpaired surrogates (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("NUL")
+    value.encode("utf-8")  # UnicodeEncodeError is a ValueError
+
+
+def check_search(q: str) -> str:
+    """`q` when it can be searched for; `InvalidSearch` with a sentence otherwise."""
+    try:
+        check_text(q)
+    except ValueError:
+        raise InvalidSearch(
+            "The search text must not hold NUL or unpaired surrogate characters."
+        ) from None
+    return q
 
 
 @dataclass(frozen=True)
@@ -62,10 +89,12 @@ class Cursor:
     @classmethod
     def decode(cls, text: str, sort: Sort) -> Cursor:
         """Raises `InvalidCursor` for anything `encode` did not make for `sort`."""
+        if len(text) > MAX_CURSOR:
+            raise InvalidCursor("The cursor is not one this server handed out (too long).")
         try:
             payload = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
             cursor_sort, segment, values, backwards = payload
-        except (ValueError, TypeError, binascii.Error):
+        except (ValueError, TypeError, binascii.Error, RecursionError):
             raise InvalidCursor("The cursor is not one this server handed out.") from None
         if cursor_sort != sort and cursor_sort in SORTS:
             raise InvalidCursor("The cursor belongs to another sort order; start again.")
@@ -84,7 +113,7 @@ class Cursor:
                 _key_value(column, value)
                 for value, column in zip(values, shapes[segment].keys, strict=True)
             )
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, OverflowError):
             raise InvalidCursor("The cursor is not one this server handed out.") from None
         return cls(sort, segment, key, backwards)
 
@@ -92,11 +121,12 @@ class Cursor:
 def _key_value(column: InstrumentedAttribute[Any], value: Any) -> Any:
     """A cursor's JSON value as the column's Python type; TypeError/ValueError if it is not."""
     if column is Client.id:
-        if type(value) is not int:
+        if type(value) is not int or not 0 < value < MAX_ID:
             raise TypeError("id")
         return value
     if not isinstance(value, str):
         raise TypeError(column.key)
+    check_text(value)
     if column is Client.last_active:
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:

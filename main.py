@@ -29,17 +29,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 import clientctl
-from access import (
-    AdminAuth,
-    RateLimiter,
-    hash_password,
-    is_loopback,
-    is_unprotected,
-)
+import orphans as orphans_module
+import uapi
+from access import RateLimiter, is_loopback, is_unprotected
 from actions import router as actions_router
 from admin import router as admin_router
+from admin_auth import AdminAuth, hash_password
 from command import CommandError, CommandRunner, ReportingRunner, Runner
-from config import Config, ConfigError, load_config
+from config import DEFAULT_IPV6_PREFIX, Config, ConfigError, load_config
 from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
@@ -47,14 +44,16 @@ from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
 from events import note_server_key
 from groups import router as groups_router
 from history import router as history_router
+from hostcheck import AllowedHosts, default_allowed_hosts
 from inventory import router as inventory_router
 from limits import BodySizeLimit
 from metrics import Metrics
 from pruning import Pruner, sweep_all
-from reconcile import delete_outside_subnet
+from reconcile import find_orphans
 from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
+from unhandled import JSONErrors
 from webhooks import Deliverer, cursor_key, start_cursors
 from wireguard import WireGuard
 
@@ -66,7 +65,11 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 async def start(context: AppContext) -> None:
-    """Schema, server keys and configs, interfaces up, peers reconciled."""
+    """Schema, server keys and configs, interfaces up and matching, peers reconciled.
+
+    Raises `StartupError` when clients lie outside an edited subnet: nothing is deleted
+    because of a config edit (see `main.py orphans`).
+    """
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
     keys = [cursor_key(config.node, hook.url) for hook in config.webhooks]
@@ -74,8 +77,14 @@ async def start(context: AppContext) -> None:
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
+    subnets = {fleet: settings.subnet for fleet, settings in config.local_fleets.items()}
+    outside = await context.database.read(partial(find_orphans, subnets=subnets))
+    if outside:
+        raise StartupError(orphans_module.refusal(config, outside, "PATH"))
     for fleet, settings in config.local_fleets.items():
-        context.server_keys[fleet] = context.wireguard.ensure_server_config(fleet, settings)
+        context.server_keys[fleet] = await context.wireguard.ensure_server_config(
+            fleet, settings, has_clients=fleet in known
+        )
         await context.database.write(
             partial(
                 note_server_key,
@@ -85,17 +94,6 @@ async def start(context: AppContext) -> None:
                 time=context.clock(),
             )
         )
-        stray = await context.database.write(
-            partial(delete_outside_subnet, fleet=fleet, subnet=settings.subnet)
-        )
-        if stray:
-            logger.warning(
-                "fleet %s: deleted %d client(s) whose address is outside %s: %s",
-                fleet,
-                len(stray),
-                settings.subnet,
-                ", ".join(stray[:10]) + (" …" if len(stray) > 10 else ""),
-            )
     for report in await sweep_all(context, at_startup=True):
         logger.info(
             "wg_%s: up; %d peer(s) restored, %d unknown removed, %d pruned",
@@ -125,7 +123,13 @@ def create_app(
             runner=observed,
             clock=clock,
             database=database,
-            wireguard=WireGuard(observed, config.wireguard_dir, own_scope=under_systemd()),
+            wireguard=WireGuard(
+                observed,
+                config.wireguard_dir,
+                own_scope=under_systemd(),
+                # The daemon's socket only with the real `wg`: fakes stand in for both.
+                uapi_dir=uapi.SOCKET_DIR if runner is None else None,
+            ),
             server_keys={},
             started_at=clock(),
             metrics=metrics,
@@ -135,13 +139,14 @@ def create_app(
         try:
             try:
                 await start(context)
-            except (CommandError, OSError, RuntimeError) as error:
+            except (CommandError, OSError, RuntimeError, WgFleetError) as error:
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
             deliverer = Deliverer(config, database, metrics, clock, webhook_transport)
             deliverer.start()
             context.activity.start()
+            context.publisher.start()
             app.state.pruner = pruner
             reload_on_hangup(pruner)
             remote = sorted(set(config.fleets) - set(config.local_fleets))
@@ -161,18 +166,29 @@ def create_app(
             try:
                 yield
             finally:
+                # Every task the app started is ended here, in reverse order of need.
                 stop_reloading_on_hangup()
                 await pruner.stop()
                 await deliverer.stop()
-                await context.activity.stop()
+                await context.registry.close()
+                await context.publisher.stop()
                 await context.status.close()
+                try:
+                    await context.activity.stop()
+                except WgFleetError as error:
+                    logger.error("could not store the last ping times: %s", error)
         finally:
+            context.wireguard.close()
             database.close()
 
     app = FastAPI(
         title="wg-fleet",
         summary="Registration, hostnames and monitoring for fleets of WireGuard clients.",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their JavaScript from a CDN: not from a service that
+        # hands out keys (and an isolated network has no CDN). /openapi.json stays.
+        docs_url=None,
+        redoc_url=None,
     )
     templates = make_templates()
     app.state.templates = templates
@@ -185,7 +201,19 @@ def create_app(
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
-        app.add_middleware(AdminAuth, admin=config.admin)
+        app.add_middleware(
+            AdminAuth,
+            admin=config.admin,
+            trusted_proxies=config.trusted_proxies,
+            ipv6_prefix=config.register_rate_limit.ipv6_prefix
+            if config.register_rate_limit
+            else DEFAULT_IPV6_PREFIX,
+        )
+    # Outermost: a request for another host costs nothing further, not even a log-in.
+    app.add_middleware(
+        AllowedHosts, allowed_hosts=config.allowed_hosts or default_allowed_hosts(config)
+    )
+    app.add_middleware(JSONErrors)  # outermost of ours: covers the middlewares above too
 
     @app.exception_handler(WgFleetError)
     async def domain_error(request: Request, error: WgFleetError) -> Response:
@@ -286,6 +314,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         prog="main.py",
         description="Run the wg-fleet server for the fleets in a YAML config. "
         "`main.py migrate --config PATH` only upgrades the database; "
+        "`main.py orphans --config PATH [--remove]` lists (and removes) the clients "
+        "left outside an edited subnet; "
         "`main.py hash-password` prints a hash for the config's admin password; "
         "`main.py clients list|remove` lists or removes clients through a running server.",
     )
@@ -358,7 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return print_password_hash()
     if argv[:1] == ["clients"]:
         return clientctl.main(argv[1:])
-    command = argv.pop(0) if argv[:1] == ["migrate"] else "serve"
+    command = argv.pop(0) if argv[:1] in (["migrate"], ["orphans"]) else "serve"
+    remove = command == "orphans" and "--remove" in argv
+    if remove:
+        argv.remove("--remove")
     arguments = parse_arguments(argv)
     try:
         config = load_config(arguments.config, overrides_from(arguments))
@@ -368,6 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=arguments.log_level.upper(), format=LOG_FORMAT)
     if command == "migrate":
         return migrate(config)
+    if command == "orphans":
+        return orphans_module.run(config, remove)
+    refusal = orphans_module.check_before_serving(config, arguments.config)
+    if refusal:
+        print(refusal, file=sys.stderr)  # noqa: T201 - exit 2: the config needs a decision
+        return 2
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     problem = check_prerequisites()
     if problem:

@@ -50,7 +50,6 @@ class Metrics:
             ["command"],
             registry=self.registry,
         )
-
         self.webhook_deliveries = Counter(
             "wg_fleet_webhook_deliveries",
             "Webhook delivery attempts by result: delivered, failed (retried) or given_up.",
@@ -64,6 +63,24 @@ class Metrics:
         )
         for result in ("delivered", "failed", "given_up"):
             self.webhook_deliveries.labels(result=result)
+        self.repairs = Counter(
+            "wg_fleet_repairs",
+            "Differences between an interface and its config or database that were repaired.",
+            ["fleet", "node", "what"],
+            registry=self.registry,
+        )
+        self.file_write_failures = Counter(
+            "wg_fleet_file_write_failures",
+            "Failed writes of a published file (retried at every pass until one succeeds).",
+            ["file"],
+            registry=self.registry,
+        )
+        self.file_write_failing = Gauge(
+            "wg_fleet_file_write_failing",
+            "1 while the last write of a published file failed, else 0.",
+            ["file"],
+            registry=self.registry,
+        )
 
     def start_fleets(self, fleets: list[str]) -> None:
         """Export every fleet's series from the start, at zero, so rates are defined."""
@@ -82,6 +99,15 @@ class Metrics:
 
     def webhook_delivered(self, result: str) -> None:
         self.webhook_deliveries.labels(result=result).inc()
+
+    def repaired(self, fleet: str, what: str) -> None:
+        self.repairs.labels(fleet=fleet, node=self._node_of(fleet), what=what).inc()
+
+    def file_written(self, file: str, ok: bool) -> None:
+        """Record the outcome of one write of a published file (`hosts` or `targets`)."""
+        self.file_write_failing.labels(file=file).set(0 if ok else 1)
+        if not ok:
+            self.file_write_failures.labels(file=file).inc()
 
     def command_failed(self, command: str) -> None:
         self.command_failures.labels(command=command).inc()

@@ -21,12 +21,16 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from activity import store_activity
+from command import CommandError
 from context import AppContext
 from database import CLIENTS, UTCDateTime, advanced
+from drift import note_repair, repair_link, repair_settings
+from errors import DatabaseUnavailable
 from events import delete_expired
 from lifetimes import Lifetime, Pruned, fleet_lifetime, select_doomed, store_presence
-from reconcile import plan_peers
+from reconcile import Difference, plan_peers
 from status import is_online
+from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
 
 logger = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ class SweepReport:
     restored: int
     removed_unknown: int
     brought_up: bool
+    fixed: int = 0
 
 
 def prune_cutoff(now: datetime, timeout: timedelta, started_at: datetime) -> datetime | None:
@@ -138,40 +143,65 @@ def store_sweep(
     return pruned
 
 
+def failure_kind(error: Exception) -> str:
+    """What failed, in a few words fit for the open `/health` (the log has the rest)."""
+    if isinstance(error, DatabaseUnavailable):
+        return "the database did not answer"
+    if isinstance(error, CommandError):
+        return f"`{error.command}` failed"
+    if isinstance(error, ValueError):
+        return "`wg` printed something unexpected"
+    return type(error).__name__
+
+
 async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = False) -> SweepReport:
-    """One pass over one fleet; holds the fleet's lock so no registration interleaves."""
+    """One pass over one fleet; holds the fleet's lock so no registration interleaves.
+
+    A failure (a `wg` that fails, a database that does not answer) is remembered for
+    `/health` until a pass over the fleet succeeds again, and raised.
+    """
+    try:
+        report = await _sweep_fleet(context, fleet, at_startup=at_startup)
+    except Exception as error:
+        context.failed_passes[fleet] = (
+            f"the last pass over fleet {fleet} failed ({failure_kind(error)}); see the log"
+        )
+        raise
+    context.failed_passes.pop(fleet, None)
+    return report
+
+
+async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> SweepReport:
     interface = interface_name(fleet)
     roster = context.roster
     async with context.fleet_locks[fleet]:
+        repair = await repair_link(context, fleet, at_startup=at_startup)
+        # Dump before reading the rows: every peer in the dump then has its row
+        # committed already, so no peer being registered can be taken for a stray.
+        dump = await context.wireguard.dump(fleet)
+        dump = await repair_settings(context, fleet, repair.link, dump)
+        context.status.store(fleet, dump)
+        first = not roster.handshakes_known(fleet)
+        # Read before pings switch to committing directly: while the database is down
+        # the pass fails here, and pings of known clients are still answered from memory.
+        members, stored = await context.database.read(
+            lambda session: select_members(session, fleet, with_handshakes=first)
+        )
+        known = roster.stored_handshakes(fleet)
+        known.update(stored)
+        wanted = {key: address for key, address, *_ in members}
+        handshakes = newer_handshakes(dump, known, wanted)
+        now = context.clock()
+        cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
+        online = {
+            key
+            for key, peer in dump.peers.items()
+            if key in wanted and is_online(peer.latest_handshake, now)
+        }
+        lifetime = fleet_lifetime(context.config, fleet, now, context.started_at, online)
         with context.activity.committing_directly(fleet):
-            brought_up = False
-            if not await context.wireguard.is_up(fleet):
-                await context.wireguard.bring_up(fleet)
-                brought_up = True
-                log = logger.info if at_startup else logger.warning
-                log("%s was down; brought it up", interface)
-            # Dump before reading the rows: every peer in the dump then has its row
-            # committed already, so no peer being registered can be taken for a stray.
-            dump = await context.wireguard.dump(fleet)
-            context.status.store(fleet, dump)
-            first = not roster.handshakes_known(fleet)
-            members, stored = await context.database.read(
-                lambda session: select_members(session, fleet, with_handshakes=first)
-            )
-            known = roster.stored_handshakes(fleet)
-            known.update(stored)
-            wanted = {key: address for key, address, *_ in members}
-            handshakes = newer_handshakes(dump, known, wanted)
-            now = context.clock()
-            cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
-            online = {
-                key
-                for key, peer in dump.peers.items()
-                if key in wanted and is_online(peer.latest_handshake, now)
-            }
-            lifetime = fleet_lifetime(context.config, fleet, now, context.started_at, online)
             # Buffered ping times are stored first, in the same transaction, so that
-            # the prune sees them.
+            # the prune sees them; pings arriving meanwhile are committed directly.
             pending = context.activity.take()
             try:
                 pruned = await context.database.write(
@@ -182,16 +212,17 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
             except BaseException:
                 context.activity.restore(pending)
                 raise
-            if pruned:
-                context.publisher.changed()  # even if `wg` fails below
-            known.update(handshakes)
-            for client in pruned:
-                wanted.pop(client.public_key, None)
-                known.pop(client.public_key, None)
-            roster.load(fleet, (m for m in members if m[0] in wanted))
-            plan = plan_peers(wanted, dump)
-            await context.wireguard.remove_peers(fleet, plan.remove)
-            await context.wireguard.add_peers(fleet, plan.add)
+        if pruned:
+            context.publisher.changed()  # even if `wg` fails below
+        known.update(handshakes)
+        for client in pruned:
+            wanted.pop(client.public_key, None)
+            known.pop(client.public_key, None)
+        roster.load(fleet, (m for m in members if m[0] in wanted))
+        plan = plan_peers(wanted, dump)
+        await context.wireguard.remove_peers(fleet, plan.remove)
+        await context.wireguard.add_peers(fleet, plan.add)
+        await context.wireguard.set_allowed_ips(fleet, plan.fix)
     context.metrics.pruned_clients(fleet, len(pruned))
     if pruned:
         logger.info(
@@ -202,15 +233,39 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
             ", ".join(c.address for c in pruned[:10]) + (" …" if len(pruned) > 10 else ""),
         )
     pruned_keys = {client.public_key for client in pruned}
-    unknown = [key for key in plan.remove if key not in wanted and key not in pruned_keys]
-    if plan.add or unknown:
-        logger.info(
-            "%s: restored %d peer(s) from the database, removed %d peer(s) it does not know",
-            interface,
-            len(plan.add),
-            len(unknown),
+    unknown = [key for key in plan.remove if key not in pruned_keys]
+    if repair.created and at_startup:
+        # A fresh interface after a reboot: restoring every peer is the normal start.
+        if plan.add:
+            logger.info("%s: restored %d peer(s) from the database", interface, len(plan.add))
+    elif plan.add:
+        note_repair(
+            context,
+            fleet,
+            Difference("peers", f"{interface} lacked {len(plan.add)} peer(s) of the database"),
+            "added them back",
         )
-    return SweepReport(fleet, len(pruned), len(plan.add), len(unknown), brought_up)
+    if unknown:
+        note_repair(
+            context,
+            fleet,
+            Difference(
+                "peers", f"{interface} held {len(unknown)} peer(s) the database does not know"
+            ),
+            "removed them",
+        )
+    if plan.fix:
+        note_repair(
+            context,
+            fleet,
+            Difference(
+                "allowed-ips", f"{interface}: {len(plan.fix)} peer(s) had wrong allowed IPs"
+            ),
+            "set them back to the client's address",
+        )
+    return SweepReport(
+        fleet, len(pruned), len(plan.add), len(unknown), repair.brought_up, len(plan.fix)
+    )
 
 
 async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[SweepReport]:
@@ -228,12 +283,22 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
         except Exception as error:
             if at_startup:
                 raise
-            logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
+            if isinstance(error, DatabaseUnavailable):
+                # Expected while the database is down: a sentence, not a traceback.
+                logger.error("the pass over fleet %s failed: %s (%s)", fleet, error, error.cause)
+            else:
+                logger.error("the pass over fleet %s failed: %s", fleet, error, exc_info=True)
     # Other nodes' fleets change without telling us: their names are re-read every pass.
     if context.publisher.is_changed() or set(context.config.fleets) != set(
         context.config.local_fleets
     ):
-        await context.publisher.refresh()
+        try:
+            await context.publisher.refresh()
+        except DatabaseUnavailable as error:
+            if at_startup:
+                raise
+            # Still changed: the next pass publishes once the database answers.
+            logger.error("cannot publish the hosts file: %s (%s)", error, error.cause)
     context.metrics.prune_duration.observe(time.monotonic() - started)
     try:
         await context.database.write(
@@ -256,6 +321,7 @@ class Pruner:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="wg-fleet-pruner")
+        self._task.add_done_callback(report_failure)
 
     def wake(self) -> None:
         """Run a pass now instead of at the next interval (e.g. on SIGHUP)."""

@@ -1,17 +1,21 @@
 """Registration: a client row and its WireGuard peer, created together or not at all.
 
-The row is committed first, then the peer is added; when adding the peer fails the row
-is deleted again before the caller hears of it. A crash between the two leaves a row
-without a peer, which the next reconciliation pass repairs (the database is the truth).
+Nobody hears of a registration before both its row is committed and its peer added;
+when adding the peer fails the row is deleted again (and the peer removed) first. A key
+made here goes to the interface while its row is being stored, any other key after its
+row is committed. A crash in between leaves a row without a peer or a peer without a row,
+both of which the next reconciliation pass repairs (the database is the truth); the
+fleet's lock keeps a pass from seeing a batch half done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv6Address
 
@@ -23,7 +27,7 @@ from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candida
 from bans import banned_among, refusal
 from command import CommandError
 from config import Config, FleetConfig
-from database import CLIENTS, Database, UTCDateTime, advanced
+from database import CLIENTS, Database
 from errors import (
     Busy,
     FleetFull,
@@ -38,6 +42,7 @@ from events import Subject, forget_registered, record_many
 from hosts import Publisher
 from metrics import Metrics
 from roster import Roster
+from tasks import report_failure
 from wireguard import WireGuard, generate_keypair, render_client_config
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,9 @@ SAMPLE_SIZE = 16
 SAMPLE_ROUNDS = 8
 INSERT_ATTEMPTS = 5
 MAX_BATCH = 256  # registrations per transaction and per `wg addconf`
+# Below this share of max_clients the roster's count is trusted; nearer the limit the
+# database counts (a full count of a large fleet costs milliseconds).
+ROSTER_COUNT_TRUSTED = 0.9
 
 Clock = Callable[[], datetime]
 
@@ -54,7 +62,7 @@ Clock = Callable[[], datetime]
 class Registration:
     address: IPv6Address
     public_key: str
-    config: str
+    config: str = field(repr=False)  # may hold the client's private key
     created: bool
 
 
@@ -87,11 +95,53 @@ def pick_addresses(
 Outcome = tuple[IPv6Address, bool] | WgFleetError
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What the roster says before a batch is stored: the fleet's size, and for each key
+    an address no client in it holds. Only a hint: the database's UNIQUE constraints
+    still decide, and a batch that collides is retried without it."""
+
+    clients: int
+    addresses: dict[str, IPv6Address]  # public key -> the address it gets if it is new
+
+    def trusted(self, settings: FleetConfig, new: int) -> bool:
+        """Whether the roster's count may stand in for the database's: far from the limit."""
+        return self.clients + new <= ROSTER_COUNT_TRUSTED * settings.max_clients
+
+
+def roster_hint(roster: Roster, fleet: str, settings: FleetConfig, keys: list[str]) -> Hint | None:
+    """An address for each distinct key, and the roster's size; None for a small subnet
+    (enumerated in the database instead) or an unloaded roster."""
+    size = roster.size(fleet)
+    distinct = list(dict.fromkeys(keys))
+    if size is None or settings.subnet.num_addresses <= ENUMERATE_LIMIT:
+        return None
+    for _ in range(SAMPLE_ROUNDS):
+        candidates = random_candidates(settings.subnet, settings.ip6, len(distinct) + SAMPLE_SIZE)
+        free = [c for c in candidates if roster.find(fleet, str(c)) is None]
+        if len(free) >= len(distinct):
+            return Hint(size, dict(zip(distinct, free, strict=False)))
+    return None
+
+
+def early_peers(batch: list[_Request], hint: Hint | None, settings: FleetConfig) -> list[Peer]:
+    """Peers that may go to the interface while their rows are being stored: keys made
+    here (so certainly new) with the addresses the hint gives them."""
+    if hint is None or not hint.trusted(settings, len(batch)):
+        return []
+    made = dict.fromkeys(request.public_key for request in batch if request.generated)
+    return [(key, hint.addresses[key]) for key in made]
+
+
 @dataclass
 class _Request:
     public_key: str
     source_ip: str
     outcome: asyncio.Future[tuple[IPv6Address, bool]]
+    generated: bool = False  # the key pair was made here: the key is new for certain
+
+
+Peer = tuple[str, IPv6Address]
 
 
 def count_clients(session: Session, fleet: str) -> int:
@@ -104,20 +154,26 @@ def store_batch(
     settings: FleetConfig,
     batch: list[_Request],
     now: datetime,
+    hint: Hint | None = None,
     node: str = "",
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
-    A key already registered in this fleet keeps its address and has its activity and
-    source IP refreshed; one registered in another fleet is refused. Set-based: a
-    handful of statements per batch, not per client. Should another writer sharing the
-    database collide with it (a UNIQUE violation), the batch is retried whole.
+    A key already registered in this fleet keeps its address and has its source IP
+    (not its activity) refreshed; one registered in another fleet is refused. Set-based: a
+    handful of statements per batch, not per client. With a `hint` the first attempt
+    takes its addresses and count from it instead of querying for them. Should another
+    writer sharing the database collide with it (a UNIQUE violation), the batch is
+    retried whole, without the hint.
     """
-    for _ in range(INSERT_ATTEMPTS):
+    for attempt in range(INSERT_ATTEMPTS):
         try:
             banned = banned_among(session, (request.public_key for request in batch))
             allowed = [request for request in batch if request.public_key not in banned]
-            stored = iter(_store_batch(session, fleet, settings, allowed, now) if allowed else [])
+            first_hint = hint if attempt == 0 else None
+            stored = iter(
+                _store_batch(session, fleet, settings, allowed, now, first_hint) if allowed else []
+            )
             outcomes = [
                 refusal() if request.public_key in banned else next(stored) for request in batch
             ]
@@ -130,7 +186,12 @@ def store_batch(
 
 
 def _store_batch(
-    session: Session, fleet: str, settings: FleetConfig, batch: list[_Request], now: datetime
+    session: Session,
+    fleet: str,
+    settings: FleetConfig,
+    batch: list[_Request],
+    now: datetime,
+    hint: Hint | None,
 ) -> list[Outcome]:
     keys = list({request.public_key: None for request in batch})
     known = {
@@ -142,9 +203,15 @@ def _store_batch(
         )
     }
     new_keys = [key for key in keys if key not in known]
-    room = settings.max_clients - count_clients(session, fleet)
+    if hint is not None and not hint.trusted(settings, len(new_keys)):
+        hint = None  # near the limit: the database counts
+    clients = hint.clients if hint is not None else count_clients(session, fleet)
+    room = settings.max_clients - clients
     admitted, refused = new_keys[: max(room, 0)], set(new_keys[max(room, 0) :])
-    addresses = pick_addresses(session, fleet, settings, len(admitted)) if admitted else []
+    if hint is not None:
+        addresses = [hint.addresses[key] for key in admitted]
+    else:
+        addresses = pick_addresses(session, fleet, settings, len(admitted)) if admitted else []
     source_of = {request.public_key: request.source_ip for request in batch}
     if admitted:
         session.execute(
@@ -162,18 +229,15 @@ def _store_batch(
                 for key, address in zip(admitted, addresses, strict=True)
             ],
         )
+    # A known key's source IP is refreshed, but registering is not activity: anyone who
+    # read a public key on the dashboard could otherwise keep a dead client alive.
     refreshed = [key for key in keys if key in known and known[key][0] == fleet]
     if refreshed:
-        moment = bindparam("moment", type_=UTCDateTime())
         session.execute(
             update(CLIENTS)
             .where(CLIENTS.c.public_key == bindparam("key"))
-            .values(
-                source_ip=bindparam("source"),
-                last_seen=advanced(CLIENTS.c.last_seen, moment),
-                last_active=advanced(CLIENTS.c.last_active, moment),
-            ),
-            [{"key": key, "source": source_of[key], "moment": now} for key in refreshed],
+            .values(source_ip=bindparam("source")),
+            [{"key": key, "source": source_of[key]} for key in refreshed],
         )
     created = dict(zip(admitted, addresses, strict=True))
     outcomes: list[Outcome] = []
@@ -294,10 +358,13 @@ class Registry:
             )
         keys = generate_keypair() if public_key is None else None
         key = keys.public_key if keys is not None else str(public_key)
-        request = _Request(key, str(source_ip), asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        request = _Request(key, str(source_ip), loop.create_future(), generated=keys is not None)
         self._queues.setdefault(fleet, []).append(request)
         if fleet not in self._workers:
-            self._workers[fleet] = asyncio.create_task(self._drain(fleet))
+            worker = asyncio.create_task(self._drain(fleet), name=f"wg-fleet-register-{fleet}")
+            worker.add_done_callback(report_failure)
+            self._workers[fleet] = worker
         address, created = await request.outcome
         self._metrics.registered(fleet)
         if created:
@@ -310,6 +377,19 @@ class Registry:
         )
         return Registration(address, key, config, created)
 
+    async def close(self) -> None:
+        """Cancel the workers still draining a queue (at shutdown, after the server has
+        stopped taking requests); a request still waiting gets `Busy`."""
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        for queue in self._queues.values():
+            for request in queue:
+                if not request.outcome.done():
+                    request.outcome.set_exception(Busy("The service is stopping; try again."))
+            queue.clear()
+
     async def _drain(self, fleet: str) -> None:
         queue = self._queues[fleet]
         try:
@@ -318,11 +398,13 @@ class Registry:
                 del queue[:MAX_BATCH]
                 try:
                     outcomes = await self._register_batch(fleet, batch)
-                except Exception as error:
+                except WgFleetError as error:
+                    # Expected (the database down, say): one line, no traceback.
+                    logger.warning("registration in fleet %s failed: %s", fleet, error)
+                    outcomes = [error] * len(batch)
+                except Exception:
                     logger.exception("registration in fleet %s failed", fleet)
                     outcomes = [Busy("Registration failed; try again.")] * len(batch)
-                    if isinstance(error, WgFleetError):
-                        outcomes = [error] * len(batch)
                 for request, outcome in zip(batch, outcomes, strict=True):
                     if request.outcome.done():
                         continue  # the caller went away
@@ -334,35 +416,53 @@ class Registry:
             del self._workers[fleet]
 
     async def _register_batch(self, fleet: str, batch: list[_Request]) -> list[Outcome]:
+        """Store the batch and add its peers; keys made here go to the interface while
+        their rows are being stored (the two take about as long), the others after."""
         settings = self.fleet(fleet)
         now = self._clock()
         async with self._locks[fleet]:
-            outcomes = await self._database.write(
-                lambda session: store_batch(
-                    session, fleet, settings, batch, now, self._config.node_of(fleet)
+            hint = roster_hint(self._roster, fleet, settings, [r.public_key for r in batch])
+            early = early_peers(batch, hint, settings)
+            adding = asyncio.create_task(self._wireguard.add_peers(fleet, early)) if early else None
+            try:
+                outcomes = await self._database.write(
+                    lambda session: store_batch(
+                        session, fleet, settings, batch, now, hint, self._config.node_of(fleet)
+                    )
                 )
-            )
-            peers = [
-                (request.public_key, outcome[0])
+            except Exception:
+                if adding is not None:
+                    await self._remove_quietly(fleet, adding, [key for key, _ in early])
+                raise
+            stored = {
+                request.public_key: outcome[0]
                 for request, outcome in zip(batch, outcomes, strict=True)
                 if not isinstance(outcome, WgFleetError)
-            ]
+            }
             created = [
                 (request.public_key, str(outcome[0]))
                 for request, outcome in zip(batch, outcomes, strict=True)
                 if not isinstance(outcome, WgFleetError) and outcome[1]
             ]
+            # Added early but stored otherwise (a retried batch, a refusal): removed, then
+            # added again with the stored address where there is one.
+            wrong = [key for key, address in early if stored.get(key) != address]
+            done = {key for key, _ in early if key not in wrong}
+            rest = [(key, address) for key, address in stored.items() if key not in done]
             try:
-                await self._wireguard.add_peers(fleet, peers)
+                if adding is not None:
+                    await adding
+                await self._wireguard.remove_peers(fleet, wrong)
+                await self._wireguard.add_peers(fleet, rest)
             except CommandError as error:
+                keys = list(dict.fromkeys([key for key, _ in created] + [k for k, _ in early]))
                 if created:
-                    keys = [key for key, _ in created]
-                    await self._database.write(lambda session: delete_keys(session, keys))
-                    # `wg addconf` may have applied some peers before it failed.
-                    try:
-                        await self._wireguard.remove_peers(fleet, keys)
-                    except CommandError as cleanup:
-                        logger.error("fleet %s: could not remove peers: %s", fleet, cleanup)
+                    await self._database.write(
+                        lambda session: delete_keys(session, [key for key, _ in created])
+                    )
+                if keys:
+                    # Adding may have applied some peers before it failed.
+                    await self._remove_quietly(fleet, None, keys)
                 logger.error("registration in fleet %s failed: %s", fleet, error)
                 failure = WireGuardUnavailable(
                     "WireGuard could not add the peer; nothing was registered. Try again later."
@@ -374,3 +474,15 @@ class Registry:
             logger.info("fleet %s: registered %d client(s)", fleet, len(created))
             self._publisher.refresh_soon()  # new clients are new Prometheus targets
         return outcomes
+
+    async def _remove_quietly(
+        self, fleet: str, adding: asyncio.Task[None] | None, keys: list[str]
+    ) -> None:
+        """Remove peers that must not stay, once `adding` (if any) is over; log failures."""
+        if adding is not None:
+            with contextlib.suppress(CommandError):
+                await adding
+        try:
+            await self._wireguard.remove_peers(fleet, keys)
+        except CommandError as error:
+            logger.error("fleet %s: could not remove peers: %s", fleet, error)

@@ -42,6 +42,11 @@ class Roster:
     def find(self, fleet: str, address: str) -> Member | None:
         return self._members.get(fleet, {}).get(address)
 
+    def size(self, fleet: str) -> int | None:
+        """How many clients the fleet has; None before its first load."""
+        members = self._members.get(fleet)
+        return None if members is None else len(members)
+
     def add(self, fleet: str, public_key: str, address: str) -> None:
         members = self._members.setdefault(fleet, {})
         current = members.get(address)

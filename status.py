@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from command import CommandError
+from tasks import report_failure
 from wireguard import InterfaceDump, WireGuard
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ class StatusCache:
         """Keep a dump taken elsewhere (the pruning pass), saving a `wg` call."""
         self._entries[fleet] = _entry(dump)
 
+    def cached(self, fleet: str) -> InterfaceDump | None:
+        """The fleet's latest dump, however old, without reading a new one."""
+        entry = self._entries.get(fleet)
+        return entry.dump if entry is not None else None
+
     async def dump(self, fleet: str) -> InterfaceDump | None:
         """The fleet's latest dump. An expired one is still answered at once while a
         fresh one is read in the background (a dump of 50,000 peers takes a while);
@@ -70,9 +76,10 @@ class StatusCache:
             return await self._refresh(fleet)
         lock = self._locks.setdefault(fleet, asyncio.Lock())
         if time.monotonic() - entry.taken_at >= self._ttl and not lock.locked():
-            task = asyncio.create_task(self._refresh(fleet))
+            task = asyncio.create_task(self._refresh(fleet), name=f"wg-fleet-status-{fleet}")
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+            task.add_done_callback(report_failure)
         return entry.dump
 
     async def online(self, fleet: str, now: datetime) -> int:

@@ -11,19 +11,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import logging
 import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+import uapi
 from command import CommandError, Runner
 from config import FleetConfig
 from files import write_if_changed
@@ -68,6 +70,30 @@ class InterfaceDump:
     public_key: str
     listen_port: int
     peers: dict[str, PeerStatus]
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What `ip -j addr show dev <if>` says about an existing interface."""
+
+    up: bool
+    addresses: frozenset[IPv6Interface]
+
+
+def parse_link(text: str) -> LinkState:
+    """Parse `ip -j addr show dev <if>`; `ValueError` when it does not have that shape."""
+    try:
+        entries = json.loads(text)
+        entry = entries[0]
+        flags = entry.get("flags", [])
+        addresses = frozenset(
+            IPv6Interface(f"{info['local']}/{info['prefixlen']}")
+            for info in entry.get("addr_info", [])
+            if info.get("family") == "inet6"
+        )
+    except (json.JSONDecodeError, LookupError, TypeError, AttributeError) as error:
+        raise ValueError(f"`ip -j addr show` printed something unexpected: {error}") from None
+    return LinkState("UP" in flags, addresses)
 
 
 def interface_name(fleet: str) -> str:
@@ -186,27 +212,38 @@ class WireGuard:
         wireguard_dir: Path,
         timeout: float = 30.0,
         own_scope: bool = False,
+        uapi_dir: Path | None = None,
     ) -> None:
         """`timeout` bounds quick commands; bulk ones and `wg-quick up` get four times it.
 
         With `own_scope` (under systemd), `wg-quick up` runs in a transient scope unit,
         so that a wireguard-go it starts lives outside the service's cgroup and survives
-        the service being stopped or restarted.
+        the service being stopped or restarted. With `uapi_dir`, peers are added through
+        the daemon's socket there when one listens (see `uapi`), else with `wg`.
         """
         self._runner = runner
         self._dir = wireguard_dir
         self.timeout = timeout
         self._own_scope = own_scope
+        self._uapi_dir = uapi_dir
+        self._daemons: dict[str, uapi.Daemon] = {}  # interface -> its socket's connection
 
     def config_path(self, fleet: str) -> Path:
         return self._dir / f"{interface_name(fleet)}.conf"
 
-    def ensure_server_config(self, fleet: str, settings: FleetConfig) -> str:
-        """Write the fleet's config (key pair made on first use); return its public key.
+    async def ensure_server_config(
+        self, fleet: str, settings: FleetConfig, has_clients: bool = False
+    ) -> str:
+        """Write the fleet's config; return its public key.
 
-        An existing private key is kept; address and port follow the YAML config.
+        The server key is never silently replaced: the file's key is kept; when the file
+        is gone but the interface still runs, the interface's key is taken (read into
+        memory, never into an argv or a log) and the file written again. Only when both
+        are gone is a new key pair made — a key change, logged as a warning when the
+        fleet has clients (they must register again). Address and port follow the YAML.
         """
         path = self.config_path(fleet)
+        interface = interface_name(fleet)
         try:
             private_key = read_private_key(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -214,11 +251,105 @@ class WireGuard:
         if private_key is None:
             if path.exists():
                 raise RuntimeError(f"{path} has no valid PrivateKey; fix or remove the file")
-            private_key = generate_keypair().private_key
-            logger.info("generated a new key pair for %s in %s", interface_name(fleet), path)
+            private_key = await self.interface_private_key(fleet)
+            if private_key is not None:
+                logger.warning(
+                    "%s was missing; took the key of the running interface %s and wrote it "
+                    "again (public key %s)",
+                    path,
+                    interface,
+                    public_key_of(private_key),
+                )
+            else:
+                private_key = generate_keypair().private_key
+                if has_clients:
+                    logger.warning(
+                        "key change: %s and the interface %s are both gone; generated a new "
+                        "key pair (public key %s): the fleet's clients must register again",
+                        path,
+                        interface,
+                        public_key_of(private_key),
+                    )
+                else:
+                    logger.info(
+                        "generated a key pair for %s in %s (public key %s)",
+                        interface,
+                        path,
+                        public_key_of(private_key),
+                    )
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_if_changed(path, render_server_config(private_key, settings), CONFIG_MODE)
         return public_key_of(private_key)
+
+    def private_key(self, fleet: str) -> str | None:
+        """The private key in the fleet's config file (for repairing the interface)."""
+        try:
+            return read_private_key(self.config_path(fleet).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    async def interface_private_key(self, fleet: str) -> str | None:
+        """The running interface's private key, or None when there is no such interface.
+
+        `wg` prints it on stdout, which stays in this process's memory: it is never put
+        into an argv, and a `CommandResult` is never logged.
+        """
+        result = await self._runner.run(
+            ["wg", "show", interface_name(fleet), "private-key"], check=False, timeout=self.timeout
+        )
+        key = result.stdout.strip()
+        if result.returncode != 0 or not key or key == "(none)":
+            return None
+        try:
+            decode_key(key)
+        except InvalidKey:
+            return None
+        return key
+
+    async def link(self, fleet: str) -> LinkState | None:
+        """Whether the interface is up and which IPv6 addresses it holds; None if absent."""
+        result = await self._runner.run(
+            ["ip", "-j", "addr", "show", "dev", interface_name(fleet)],
+            check=False,
+            timeout=self.timeout,
+        )
+        if result.returncode != 0:
+            return None
+        return parse_link(result.stdout)
+
+    async def set_up(self, fleet: str) -> None:
+        await self._runner.run(
+            ["ip", "link", "set", "up", "dev", interface_name(fleet)], timeout=self.timeout
+        )
+
+    async def add_address(self, fleet: str, address: IPv6Interface) -> None:
+        await self._runner.run(
+            ["ip", "-6", "addr", "add", str(address), "dev", interface_name(fleet)],
+            timeout=self.timeout,
+        )
+
+    async def set_listen_port(self, fleet: str, port: int) -> None:
+        await self._runner.run(
+            ["wg", "set", interface_name(fleet), "listen-port", str(port)], timeout=self.timeout
+        )
+
+    async def set_private_key(self, fleet: str, private_key: str) -> None:
+        """Give the interface `private_key`, passed on stdin (never in argv)."""
+        await self._runner.run(
+            ["wg", "set", interface_name(fleet), "private-key", "/dev/stdin"],
+            stdin=private_key + "\n",
+            timeout=self.timeout,
+        )
+
+    async def set_allowed_ips(
+        self, fleet: str, peers: Sequence[tuple[str, IPv6Address | str]]
+    ) -> None:
+        """Replace the allowed IPs of existing peers (their sessions and endpoints stay)."""
+        for start in range(0, len(peers), REMOVE_CHUNK):
+            argv = ["wg", "set", interface_name(fleet)]
+            for key, address in peers[start : start + REMOVE_CHUNK]:
+                argv += ["peer", key, "allowed-ips", f"{address}/128"]
+            await self._runner.run(argv, timeout=4 * self.timeout)
 
     async def is_up(self, fleet: str) -> bool:
         """Whether the fleet's interface exists and is administratively up."""
@@ -274,12 +405,40 @@ class WireGuard:
         return await asyncio.to_thread(parse_dump, result.stdout)
 
     async def add_peers(self, fleet: str, peers: Sequence[tuple[str, IPv6Address | str]]) -> None:
-        if peers:
-            await self._runner.run(
-                ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
-                stdin=render_peers(peers),
-                timeout=4 * self.timeout,
-            )
+        """Add the peers in one request: over the daemon's socket, else one `wg addconf`.
+
+        Raises `CommandError`; some peers may have been added before it failed.
+        """
+        if not peers:
+            return
+        if self._uapi_dir is not None:
+            interface = interface_name(fleet)
+            daemon = self._daemons.get(interface)
+            if daemon is None:
+                daemon = uapi.Daemon(self._uapi_dir / f"{interface}.sock")
+                self._daemons[interface] = daemon
+            started = time.monotonic()
+            try:
+                await daemon.configure(uapi.add_peers_request(peers), 4 * self.timeout)
+                logger.debug(
+                    "added %d peer(s) over %s in %.1f ms",
+                    len(peers),
+                    daemon.socket_path,
+                    (time.monotonic() - started) * 1000,
+                )
+                return
+            except uapi.Unavailable:
+                pass  # the kernel module, or no daemon: `wg` speaks netlink
+        await self._runner.run(
+            ["wg", "addconf", interface_name(fleet), "/dev/stdin"],
+            stdin=render_peers(peers),
+            timeout=4 * self.timeout,
+        )
+
+    def close(self) -> None:
+        """Close the connections kept open to the daemons' sockets."""
+        for daemon in self._daemons.values():
+            daemon.close()
 
     async def remove_peers(self, fleet: str, public_keys: Sequence[str]) -> None:
         for start in range(0, len(public_keys), REMOVE_CHUNK):

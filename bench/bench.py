@@ -9,6 +9,12 @@ Throughput (32 connections, 2 wrk threads, a short warm-up, then `--seconds` per
   ping      POST /fleet/<f>/ping, body {}, from a client *through its WireGuard tunnel*
             to the fleet's ip6 — the baseline (listening on `::` in the same namespace)
             is reached through the very same tunnel.
+  baseline  bench/baseline.py, a hello-world FastAPI app, served by the plain `uvicorn`
+            command with default settings (`uvicorn baseline:app --host H --port 8001`,
+            once on 0.0.0.0 and once on `::`); nothing shared with wg-fleet's serving
+            path. Its own p50 is reported, and no ratio is printed when its p50 over the
+            LAN exceeds 10 ms: a sick baseline makes every ratio a lie.
+  --profile DIR: then py-spy samples wg-fleet during one more register and ping run.
 
 Scale (N seeded clients, each with a real key, an address and a hostname):
   phase A, prune_interval 1h (no pass interferes):
@@ -64,6 +70,7 @@ from sqlalchemy import insert, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import profiles
 from backends import Backend, PostgresBackend, SQLiteBackend
 from report import ScaleRun, report
 
@@ -91,6 +98,7 @@ CONNECTIONS = 32
 THREADS = 2
 WARMUP_SECONDS = 2
 LUA = REPO / "bench" / "post.lua"
+PROFILE_SECONDS = 10
 
 
 def log(message: str) -> None:
@@ -107,10 +115,11 @@ def in_ns(namespace: Namespace, *argv: str) -> list[str]:
 class Service:
     """A Python server (wg-fleet or the baseline) in the server namespace, in its own group."""
 
-    def __init__(self, lab: Lab, argv: list[str], log_path: Path) -> None:
+    def __init__(self, lab: Lab, argv: list[str], log_path: Path, cwd: Path = REPO) -> None:
         self.lab = lab
         self.argv = argv
         self.log_path = log_path
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
         lab.servers.append(self)  # type: ignore[arg-type]  # Lab.close kills .process
@@ -124,14 +133,21 @@ class Service:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                cwd=REPO,
+                cwd=self.cwd,
             )
 
     def check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
             tail = self.log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{self.argv[1]} exited {self.process.returncode}:\n{tail}")
+            raise RuntimeError(f"{' '.join(self.argv)} exited {self.process.returncode}:\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the process and of its children it has waited for."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        # After the command: state is field 3; utime, stime, cutime, cstime are 14–17.
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
         assert self.process is not None
@@ -288,9 +304,61 @@ def peer_count(lab: Lab, interface: str) -> int:
 # ---------------------------------------------------------------- throughput
 
 
+def baseline_services(lab: Lab, state: Path) -> list[Service]:
+    """The hello-world app under the plain `uvicorn` command, default settings, one
+    listener per address family (uvicorn given `::` listens on IPv6 only)."""
+    uvicorn = str(Path(sys.executable).with_name("uvicorn"))
+    return [
+        Service(
+            lab,
+            [uvicorn, "baseline:app", "--host", host, "--port", str(BASELINE_PORT)],
+            state / f"baseline-{name}.log",
+            cwd=REPO / "bench",
+        )
+        for name, host in (("ipv4", "0.0.0.0"), ("ipv6", "::"))  # noqa: S104 - in the lab
+    ]
+
+
+def profile(
+    lab: Lab, client: Namespace, service: Service, runs: dict[str, tuple[str, str]], out: Path
+) -> dict[str, str]:
+    """py-spy samples wg-fleet during one extra wrk run of each endpoint; the top
+    entries of each profile, as text (raw collapsed stacks kept in `out`)."""
+    assert service.process is not None
+    py_spy = str(Path(sys.executable).with_name("py-spy"))
+    tops = {}
+    for name in ("register", "ping"):
+        url, body = runs[name]
+        raw = out / f"profile-{name}.txt"
+        argv = [py_spy, "record", "--pid", str(service.process.pid), "--format", "raw"]
+        argv += ["--rate", "250", "--output", str(raw), "--nonblocking"]
+        spy = subprocess.Popen(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)  # attached before the load begins
+        result = wrk(client, url, body, PROFILE_SECONDS)
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        _, errors = spy.communicate(timeout=60)
+        if not raw.exists():
+            raise RuntimeError(f"py-spy wrote no profile: {errors[-2000:]}")
+        tops[name] = f"{name}: {result['rps']:.0f} req/s while sampled\n" + profiles.summarize(
+            raw.read_text()
+        )
+        log(tops[name])
+    return tops
+
+
 def throughput(
-    lab: Lab, work: Path, reps: int, seconds: int, backend: Backend
-) -> dict[str, list[dict[str, float]]]:
+    lab: Lab,
+    work: Path,
+    reps: int,
+    seconds: int,
+    backend: Backend,
+    profile_dir: Path | None = None,
+) -> dict[str, Any]:
     fleet = unique("t")
     settings = fleet_config(fleet, 1)
     state = work / "throughput"
@@ -308,13 +376,12 @@ def throughput(
     )
     lab.interfaces.append(f"wg_{fleet}")
     service = wg_fleet(lab, config, state / "wg-fleet.log")
-    baseline = Service(
-        lab, [sys.executable, "bench/baseline.py", str(BASELINE_PORT)], state / "baseline.log"
-    )
-    service.start()
-    baseline.start()
+    baselines = baseline_services(lab, state)
+    for process in (service, *baselines):
+        process.start()
     wait_answering(lab.server, service, f"http://[::1]:{FLEET_PORT}/health", 60)
-    wait_answering(lab.server, baseline, f"http://[::1]:{BASELINE_PORT}/docs", 60)
+    wait_answering(lab.server, baselines[0], f"http://127.0.0.1:{BASELINE_PORT}/docs", 60)
+    wait_answering(lab.server, baselines[1], f"http://[::1]:{BASELINE_PORT}/docs", 60)
 
     client = lab.client()
     status, registration = client.register(fleet)
@@ -331,21 +398,35 @@ def throughput(
         "ping": (f"http://[{ip6}]:{FLEET_PORT}/fleet/{fleet}/ping", "{}"),
         "ping_baseline": (f"http://[{ip6}]:{BASELINE_PORT}/fleet/{fleet}/ping", "{}"),
     }
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    results: dict[str, Any] = {name: [] for name in runs}
+    serving = {
+        "register": service,
+        "ping": service,
+        "register_baseline": baselines[0],
+        "ping_baseline": baselines[1],
+    }
     for rep in range(reps):
         for name, (url, body) in runs.items():
             wrk(client.namespace, url, body, WARMUP_SECONDS)
+            cpu = serving[name].cpu_seconds()
             result = wrk(client.namespace, url, body, seconds)
-            service.check_alive()
+            # CPU per request of the serving process: robust to a machine shared with others.
+            cpu = serving[name].cpu_seconds() - cpu
+            result["cpu_ms_per_request"] = 1000 * cpu / max(result["requests"], 1)
+            for process in (service, *baselines):
+                process.check_alive()
             results[name].append(result)
             log(
                 f"throughput {rep + 1}/{reps} {name:<18} {result['rps']:7.0f} req/s  "
                 f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
-                f"errors {result['errors']:.0f}"
+                f"errors {result['errors']:.0f}  "
+                f"CPU {result['cpu_ms_per_request']:.3f} ms/request"
             )
+    if profile_dir is not None:
+        results["profiles"] = profile(lab, client.namespace, service, runs, profile_dir)
     results["peers_at_end"] = [{"value": peer_count(lab, f"wg_{fleet}")}]
-    service.stop()
-    baseline.stop()
+    for process in (service, *baselines):
+        process.stop()
     client.down()
     delete_interface(lab, f"wg_{fleet}")
     return results
@@ -675,12 +756,20 @@ def main() -> int:
     parser.add_argument(
         "--skip-throughput", action="store_true", help="only the scale section (--sizes)"
     )
+    parser.add_argument("--skip-scale", action="store_true", help="only the throughput section")
     parser.add_argument(
         "--postgres",
         action="store_true",
         help="wg-fleet's database on PostgreSQL instead of SQLite: a throwaway cluster "
         "started and removed by the run (needs Debian's postgresql); the scale section is "
         "skipped unless --sizes is given, and then runs on PostgreSQL too",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="after the throughput runs, sample wg-fleet with py-spy during one more "
+        "register and one more ping run; raw profiles go to DIR, the top entries to the report",
     )
     parser.add_argument("--json", type=Path, help="also write every sample to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -689,7 +778,9 @@ def main() -> int:
         print("bench/run needs root (network namespaces, WireGuard interfaces).", file=sys.stderr)
         return 1
     reps = arguments.reps or (1 if arguments.quick else 3)
-    if arguments.sizes:
+    if arguments.skip_scale:
+        sizes = []
+    elif arguments.sizes:
         sizes = [int(s) for s in arguments.sizes.split(",")]
     elif arguments.postgres:
         sizes = []
@@ -716,7 +807,11 @@ def main() -> int:
         lab = Lab(work)
         throughput_results = None
         if not arguments.skip_throughput:
-            throughput_results = throughput(lab, work, reps, arguments.seconds, backend)
+            if arguments.profile:
+                arguments.profile.mkdir(parents=True, exist_ok=True)
+            throughput_results = throughput(
+                lab, work, reps, arguments.seconds, backend, arguments.profile
+            )
         scale_results: dict[int, list[ScaleRun]] = {}
         for number, size in enumerate(sizes, start=2):
             _, scale_results[size] = scale(lab, work, size, number, reps, backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from collections.abc import Callable
@@ -605,7 +606,7 @@ async def test_metrics_have_no_per_client_labels(
 
     found = samples(response.text)
     assert value(found, "wg_fleet_clients_online", fleet="alpha") == 3
-    allowed = {"fleet", "node", "command", "le", "result"}  # result: webhook deliveries
+    allowed = {"fleet", "node", "command", "le", "what", "file", "result"}  # result: webhooks
     assert {name for _, labels in found for name, _ in labels} <= allowed
     for answer in answers:
         assert answer["address"] not in response.text
@@ -629,7 +630,10 @@ async def test_health_fails_naming_an_interface_that_is_down(
         response = await get(running, "/health")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "fail", "problems": ["interface wg_alpha is down"]}
+    assert response.json() == {
+        "status": "fail",
+        "problems": ["fleet alpha: interface wg_alpha is down"],
+    }
 
 
 async def test_health_fails_when_the_database_does_not_answer(
@@ -649,7 +653,7 @@ async def test_health_fails_when_the_database_does_not_answer(
     assert response.status_code == 503
     assert response.json() == {
         "status": "fail",
-        "problems": ["the database does not answer: OperationalError"],
+        "problems": ["the database does not answer (OperationalError)"],
     }
 
 
@@ -727,3 +731,16 @@ async def test_a_fleet_of_another_node_is_shown_from_the_stored_handshakes(
     assert health.json() == {"status": "pass"}
     assert value(found, "wg_fleet_clients", fleet="beta", node="west-2") == 3
     assert value(found, "wg_fleet_clients_online", fleet="beta", node="west-2") == 1
+
+
+async def test_health_runs_ip_at_most_once_a_second_per_fleet(
+    start_app: StartApp, fake_wg: FakeWireGuard
+) -> None:
+    async with start_app(node=NODE) as running:
+        before = fake_wg.count("ip")
+        answers = await asyncio.gather(*(get(running, "/health") for _ in range(20)))
+        answers += [await get(running, "/health") for _ in range(20)]
+        calls = fake_wg.count("ip") - before
+
+    assert {answer.status_code for answer in answers} == {200}
+    assert calls <= len(running.context.config.local_fleets)

@@ -623,3 +623,236 @@ def test_shellcheck_finds_nothing() -> None:
         ["shellcheck", "-s", "sh", str(SCRIPT)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout
+
+
+def with_routes(allowed_ips: str, extra_peer: str = "") -> str:
+    config = (
+        f"[Interface]\nAddress = fd00::1234/128\n\n[Peer]\nPublicKey = {SERVER_KEY}\n"
+        f"Endpoint = 198.18.0.1:51823\nAllowedIPs = {allowed_ips}\n{extra_peer}"
+    )
+    return answer(200, {"status": "success", "config": config, "address": "fd00::1234"})
+
+
+@pytest.mark.parametrize(
+    "allowed_ips",
+    [
+        "0.0.0.0/0",
+        "::/0",
+        "fd00::1/128, 0.0.0.0/0, ::/0",
+        "0.0.0.0/1, 128.0.0.0/1",
+        "::/1, 8000::/1",
+        "2000::/3",
+        "10.0.0.0/7",
+        "fd00::/15",
+        "fd00::1/128,0/0",
+    ],
+)
+def test_routes_wider_than_the_fleet_are_refused(agent: Agent, allowed_ips: str) -> None:
+    agent.queue("register", with_routes(allowed_ips))
+    result = agent.up()
+    assert result.code == 1
+    assert "--allow-routes" in one_sentence(result.stderr)
+    assert "would route more than the fleet" in result.stderr
+    assert not agent.conf.exists()
+    assert agent.tunnel_calls() == []
+
+
+def test_narrow_routes_are_accepted(agent: Agent) -> None:
+    agent.queue("register", with_routes("fd00::1/128, fd00::/16, 10.0.0.0/8, 192.0.2.7"))
+    result = agent.up()
+    assert result.code == 0, result
+    assert "AllowedIPs = fd00::1/128, fd00::/16, 10.0.0.0/8, 192.0.2.7" in agent.conf.read_text()
+
+
+SECOND_PEER = f"\n[Peer]\nPublicKey = {OTHER_SERVER_KEY}\nAllowedIPs = fd01::/64\n"
+
+
+def test_a_second_peer_is_refused(agent: Agent) -> None:
+    agent.queue("register", with_routes("fd00::1/128", SECOND_PEER))
+    result = agent.up()
+    assert result.code == 1
+    assert "second [Peer]" in one_sentence(result.stderr)
+    assert not agent.conf.exists()
+
+
+def test_allow_routes_accepts_them_and_is_remembered(agent: Agent) -> None:
+    wide = with_routes("0.0.0.0/0, ::/0", SECOND_PEER)
+    agent.queue("register", wide)
+    assert agent.up("--allow-routes").code == 0
+    assert "AllowedIPs = 0.0.0.0/0, ::/0" in agent.conf.read_text()
+    assert agent.conf.read_text().count("[Peer]") == 2
+    assert "allow_routes=1" in agent.state.read_text().splitlines()
+    # A later `ping` that registers again still accepts them.
+    agent.queue("ping", answer(404, {"detail": "gone"}), pinged())
+    agent.queue("register", wide)
+    assert agent.run("ping").code == 0
+
+
+def test_curl_ignores_curlrc_and_limits_answers(agent: Agent) -> None:
+    assert agent.up().code == 0
+    curls = [line.split() for line in agent.log() if line.startswith("curl ")]
+    assert len(curls) == 2  # register, ping
+    for argv in curls:
+        assert argv[1] == "-q"  # only as the first argument does -q skip ~/.curlrc
+        assert argv[argv.index("--max-filesize") + 1] == "65536"
+
+
+@pytest.mark.parametrize("kind", ["register", "ping"])
+def test_an_oversized_answer_is_refused(agent: Agent, kind: str) -> None:
+    huge = answer(200, {"status": "ok", "padding": "x" * 70000})
+    agent.queue(kind, huge)
+    result = agent.up()
+    assert result.code == 1
+    assert "larger than 65536 bytes" in one_sentence(result.stderr)
+
+
+def test_an_https_server_with_its_own_ca(agent: Agent, tmp_path: Path) -> None:
+    ca = tmp_path / "fleet-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    server = "https://wg.example.org:8443"
+    result = agent.run(
+        "up", "--server", server, "--fleet", FLEET, "--cacert", str(ca), "--ping-port", "8000"
+    )
+    assert result.code == 0, result
+    register, ping = (line.split() for line in agent.log() if line.startswith("curl "))
+    assert register[register.index("--cacert") + 1] == str(ca)
+    assert register[-1] == f"{server}/fleet/{FLEET}/register"
+    assert "--cacert" not in ping  # the ping goes through the tunnel, to wg-fleet itself
+    assert ping[-1] == f"http://[fd00::1]:8000/fleet/{FLEET}/ping"
+    state = agent.state.read_text().splitlines()
+    assert f"cacert={ca}" in state
+    assert "ping_port=8000" in state
+    agent.clear_logs()
+    agent.queue("ping", answer(404, {"detail": "gone"}), pinged())
+    assert agent.run("ping").code == 0
+    again = next(line.split() for line in agent.log() if "/register" in line)
+    assert again[again.index("--cacert") + 1] == str(ca)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--server", SERVER, "--cacert", "/etc/hostname"], "--cacert needs an https:// server"),
+        (["--server", "https://x:8443", "--cacert", "/nonexistent/ca.pem"], "not a readable"),
+        (["--server", "https://x:8443", "--cacert", "relative.pem"], "absolute path"),
+        (["--server", SERVER, "--ping-port", "80a"], "--ping-port must be a port number"),
+        (["--server", SERVER, "--ping-port", "0"], "--ping-port must be a port number"),
+    ],
+)
+def test_bad_tls_and_port_options_are_usage_errors(
+    agent: Agent, args: list[str], problem: str
+) -> None:
+    result = agent.run("up", "--fleet", FLEET, *args)
+    assert result.code == 2, result
+    assert problem in one_sentence(result.stderr)
+    assert agent.log() == []
+
+
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1 signed by it."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wg-fleet test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "cert.pem", "key.pem"))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_real_curl_verifies_an_https_server_with_cacert(agent: Agent, tmp_path: Path) -> None:
+    """Real curl (only wg and wg-quick are fakes) against a TLS server on loopback: refused
+    without the private CA, enrolled with --cacert; the ping goes to [::1] over HTTP."""
+    import http.server
+    import ssl
+    import threading
+
+    ca_file, cert_file, key_file = make_tls_files(tmp_path)
+    config = server_config().replace("AllowedIPs = fd00::1/128", "AllowedIPs = ::1/128")
+    bodies = {
+        "register": json.dumps({"status": "success", "config": config, "address": "fd00::1234"}),
+        "ping": json.dumps({"status": "ok", "hostname": "test-host", "fqdn": None}),
+    }
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = bodies["register" if self.path.endswith("/register") else "ping"].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = __import__("socket").AF_INET6
+
+    tls = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    tls.socket = context.wrap_socket(tls.socket, server_side=True)
+    plain = V6Server(("::1", 0), Handler)
+    servers = [tls, plain]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    (agent.bin / "curl").unlink()  # the real one from here on
+    url = f"https://127.0.0.1:{tls.server_address[1]}"
+    options = ("--server", url, "--fleet", FLEET, "--ping-port", str(plain.server_address[1]))
+    try:
+        untrusted = agent.run("up", *options)
+        trusted = agent.run("up", *options, "--cacert", str(ca_file))
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    assert untrusted.code == 1
+    assert "could not register" in one_sentence(untrusted.stderr)
+    assert "certificate" in untrusted.stderr.lower()
+    assert trusted.code == 0, trusted
+    assert "Address = fd00::1234/128" in agent.conf.read_text()
+    assert "wt0 is in fleet south" in trusted.stdout  # the ping through [::1] answered

@@ -124,8 +124,9 @@ def test_minimal_config_gets_defaults() -> None:
         ),
         pytest.param(
             set_fleet(subnet="fd00:a0a8:34d:2a00::1/64"),
-            "test.yaml: fleets.southeast.subnet: 'fd00:a0a8:34d:2a00::1/64' is not a valid "
-            "network (fd00:a0a8:34d:2a00::1/64 has host bits set).",
+            "test.yaml: fleets.southeast.subnet: 'fd00:a0a8:34d:2a00::1/64' has host bits "
+            "set; write the network fd00:a0a8:34d:2a00::/64 (or fd00:a0a8:34d:2a00::1/128 "
+            "for the one address).",
             id="subnet-host-bits",
         ),
         pytest.param(
@@ -214,9 +215,101 @@ def test_minimal_config_gets_defaults() -> None:
         ),
         pytest.param(
             set_fleet(allowed_ips=["not-a-network"]),
-            "test.yaml: fleets.southeast.allowed_ips: contains an invalid network "
-            "('not-a-network' does not appear to be an IPv4 or IPv6 network).",
+            "test.yaml: fleets.southeast.allowed_ips: contains an invalid network: "
+            "'not-a-network' is not an IP address or CIDR.",
             id="bad-allowed-ips",
+        ),
+        *(
+            pytest.param(
+                mutate,
+                f"test.yaml: {field}: {problem}.",
+                id=f"scope-id-in-{field}",
+            )
+            for mutate, field, problem in [
+                (
+                    set_fleet(ip6="fd00:a0a8:34d:2a00::1%x\nPreUp = id"),
+                    "fleets.southeast.ip6",
+                    "'fd00:a0a8:34d:2a00::1%x\\nPreUp = id' carries a scope ID (%…), "
+                    "which is not allowed here",
+                ),
+                (
+                    set_fleet(subnet="fd00:a0a8:34d:2a00::%eth0/64"),
+                    "fleets.southeast.subnet",
+                    "'fd00:a0a8:34d:2a00::%eth0/64' carries a scope ID (%…), which is not "
+                    "allowed here",
+                ),
+                (
+                    set_fleet(external_ip="fe80::1%x\nPostUp = touch /pwned"),
+                    "fleets.southeast.external_ip",
+                    "'fe80::1%x\\nPostUp = touch /pwned' carries a scope ID (%…), which is "
+                    "not allowed here",
+                ),
+                (
+                    set_fleet(allowed_ips=["fd00::1%x\nPostUp = id"]),
+                    "fleets.southeast.allowed_ips",
+                    "contains an invalid network: 'fd00::1%x\\nPostUp = id' carries a scope "
+                    "ID (%…), which is not allowed here",
+                ),
+                (
+                    set_fleet(register_from=["fe80::/64%lo"]),
+                    "fleets.southeast.register_from",
+                    "contains an invalid network: 'fe80::/64%lo' carries a scope ID (%…), "
+                    "which is not allowed here",
+                ),
+                (
+                    lambda d: d.update(trusted_proxies=["::1%lo"]),
+                    "trusted_proxies",
+                    "contains an invalid network: '::1%lo' carries a scope ID (%…), which is "
+                    "not allowed here",
+                ),
+                (
+                    lambda d: d.update(listen={"host": "fe80::1%eth0"}),
+                    "listen.host",
+                    "'fe80::1%eth0' carries a scope ID (%…), which is not allowed here",
+                ),
+            ]
+        ),
+        pytest.param(
+            lambda d: d.update(trusted_proxies=["192.168.1.10/24"]),
+            "test.yaml: trusted_proxies: contains an invalid network: '192.168.1.10/24' has "
+            "host bits set; write the network 192.168.1.0/24 (or 192.168.1.10/32 for the "
+            "one address).",
+            id="host-bits-in-trusted-proxies",
+        ),
+        pytest.param(
+            set_fleet(register_from=["10.1.2.3/8"]),
+            "test.yaml: fleets.southeast.register_from: contains an invalid network: "
+            "'10.1.2.3/8' has host bits set; write the network 10.0.0.0/8 (or 10.1.2.3/32 "
+            "for the one address).",
+            id="host-bits-in-register-from",
+        ),
+        pytest.param(
+            set_fleet(allowed_ips=["fd00::1 /128"]),
+            "test.yaml: fleets.southeast.allowed_ips: contains an invalid network: "
+            "'fd00::1 /128' is not an IP address or CIDR.",
+            id="space-in-allowed-ips",
+        ),
+        pytest.param(
+            set_fleet(allowed_ips=["10.0.0.0/33"]),
+            "test.yaml: fleets.southeast.allowed_ips: contains an invalid network: "
+            "'10.0.0.0/33' has a prefix length over 32.",
+            id="prefix-too-long",
+        ),
+        pytest.param(
+            lambda d: d.update(listen={"host": "0.0.0.0\nx"}),
+            "test.yaml: listen.host: '0.0.0.0\\nx' is neither an IP address nor a host name.",
+            id="newline-in-listen-host",
+        ),
+        pytest.param(
+            lambda d: d.update(allowed_hosts=["wg.example.org", "bad host"]),
+            "test.yaml: allowed_hosts: 'bad host' is not a host name, a *.domain wildcard or "
+            "an IP address.",
+            id="bad-allowed-host",
+        ),
+        pytest.param(
+            lambda d: d.update(allowed_hosts=["*", "wg.example.org"]),
+            'test.yaml: allowed_hosts: "*" admits every host and cannot be combined with others.',
+            id="star-with-others",
         ),
     ],
 )
@@ -253,7 +346,7 @@ def test_allowed_ips_default_to_server_address() -> None:
 
 
 def test_allowed_ips_given_are_kept() -> None:
-    southeast = FleetConfig.model_validate(fleet(allowed_ips=["fd00::/8", "10.0.0.1/8"]))
+    southeast = FleetConfig.model_validate(fleet(allowed_ips=["fd00::/8", "10.0.0.0/8"]))
     assert southeast.allowed_ips == (
         ipaddress.ip_network("fd00::/8"),
         ipaddress.ip_network("10.0.0.0/8"),
@@ -324,7 +417,7 @@ def test_hostname_separator_rejected(separator: str) -> None:
 
 
 def test_trusted_proxies_parsed_as_networks() -> None:
-    proxies = ["10.0.0.1", "192.168.0.0/16", "fd00::/8", "10.1.2.3/8", "::1"]
+    proxies = ["10.0.0.1", "192.168.0.0/16", "fd00::/8", "10.0.0.0/8", "::1"]
     config = parse_config(settings(lambda d: d.update(trusted_proxies=proxies)), SOURCE)
     assert config.trusted_proxies == tuple(
         ipaddress.ip_network(text)
@@ -338,8 +431,7 @@ def test_trusted_proxies_parsed_as_networks() -> None:
         ("10.0.0.1", "must be a list of IP addresses or CIDRs"),
         (
             ["10.0.0.1", "proxy.example.com"],
-            "contains an invalid network ('proxy.example.com' does not appear to be an "
-            "IPv4 or IPv6 network)",
+            "contains an invalid network: 'proxy.example.com' is not an IP address or CIDR",
         ),
     ],
 )

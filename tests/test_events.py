@@ -220,12 +220,14 @@ async def test_the_fleet_page_shows_the_latest_events(start_app: StartApp) -> No
 
 
 async def test_a_new_server_key_is_key_changed(
-    start_app: StartApp, make_config: Callable[..., Any]
+    start_app: StartApp, make_config: Callable[..., Any], fake_wg: FakeWireGuard
 ) -> None:
     config = make_config()
     async with start_app(config) as running:
         old = running.context.server_keys[FLEET]
-    (config.wireguard_dir / f"wg_{FLEET}.conf").unlink()  # the server was rebuilt
+    # The server was rebuilt: its config file and its interface are gone.
+    (config.wireguard_dir / f"wg_{FLEET}.conf").unlink()
+    del fake_wg.interfaces[f"wg_{FLEET}"]
     async with start_app(config) as running:
         new = running.context.server_keys[FLEET]
         body = await events(running, "?type=key_changed")

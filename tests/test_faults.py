@@ -36,16 +36,26 @@ WG_UNAVAILABLE = "WireGuard could not add the peer; nothing was registered. Try 
 INTERFACE = f"wg_{FLEET}"
 
 # Behaviour is chosen by files in $FAKE_WG_STATE: `addconf.mode` (ok, fail, hang or
-# partial), `dump.<if>` (printed instead of a real dump) and `down.<if>` (no interface).
-# Peers live in `peers.<if>`, one dump line each; every call is appended to `calls`.
+# partial) and `dump.<if>` (printed instead of a real dump). An interface exists while
+# `up.<if>` does (wg-quick makes it from the config: `private.<if>`, `public.<if>`,
+# `port.<if>`, `addr.<if>`). Peers live in `peers.<if>`, one dump line each; every call
+# is appended to `calls`. Public keys are derived with the real `wg pubkey`.
 FAKE_WG = r"""#!/bin/sh
 PATH=/usr/bin:/bin
 state=$FAKE_WG_STATE
 printf '%s\n' "$*" >> "$state/calls"
 case "$1" in
+pubkey)
+    exec /usr/bin/wg pubkey ;;
 show)
+    if [ ! -e "$state/up.$2" ]; then
+        echo "Unable to access interface: No such device" >&2
+        exit 1
+    fi
+    if [ "$3" = private-key ]; then cat "$state/private.$2"; exit 0; fi
     if [ -e "$state/dump.$2" ]; then cat "$state/dump.$2"; exit 0; fi
-    printf 'private-key-of-the-fake\tserver-public-of-the-fake=\t51820\toff\n'
+    printf 'private-key-of-the-fake\t%s\t%s\toff\n' "$(cat "$state/public.$2")" \
+        "$(cat "$state/port.$2")"
     cat "$state/peers.$2" 2>/dev/null || true
     ;;
 addconf)
@@ -72,10 +82,27 @@ addconf)
 set)
     interface=$2
     shift 2
-    while [ $# -ge 3 ]; do
-        grep -v "^$2	" "$state/peers.$interface" > "$state/peers.new" 2>/dev/null
-        mv "$state/peers.new" "$state/peers.$interface"
-        shift 3
+    while [ $# -ge 2 ]; do
+        case "$1" in
+        listen-port)
+            echo "$2" > "$state/port.$interface"; shift 2 ;;
+        private-key)
+            cat > "$state/private.$interface"
+            /usr/bin/wg pubkey < "$state/private.$interface" > "$state/public.$interface"
+            shift 2 ;;
+        peer)
+            key=$2
+            grep -v "^$key	" "$state/peers.$interface" > "$state/peers.new" 2>/dev/null
+            if [ "$3" = allowed-ips ]; then
+                printf '%s\t(none)\t(none)\t%s\t0\t0\t0\toff\n' "$key" "$4" >> "$state/peers.new"
+                shift
+            fi
+            mv "$state/peers.new" "$state/peers.$interface"
+            shift 3 ;;
+        *)
+            echo "fake wg: unexpected arguments to set: $*" >&2
+            exit 1 ;;
+        esac
     done
     ;;
 *)
@@ -88,16 +115,29 @@ FAKE_IP = r"""#!/bin/sh
 PATH=/usr/bin:/bin
 state=$FAKE_WG_STATE
 printf 'ip %s\n' "$*" >> "$state/calls"
+eval interface=\${$#}
 case "$*" in
-"-o link show dev "*|"link show dev "*)
-    eval interface=\${$#}
-    if [ -e "$state/down.$interface" ]; then
+"-o link show dev "*|"link show dev "*|"-j addr show dev "*)
+    if [ ! -e "$state/up.$interface" ]; then
         echo "Device \"$interface\" does not exist." >&2
         exit 1
     fi
-    echo "7: $interface: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420 qdisc noqueue state UNKNOWN"
+    if [ "$1" = -j ]; then
+        printf '[{"ifname": "%s", "flags": ["POINTOPOINT", "NOARP", "UP"], "addr_info": [' \
+            "$interface"
+        sep=""
+        while IFS=/ read -r local length; do
+            printf '%s{"family": "inet6", "local": "%s", "prefixlen": %s}' "$sep" "$local" "$length"
+            sep=", "
+        done < "$state/addr.$interface"
+        printf ']}]\n'
+    else
+        echo "7: $interface: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420 qdisc noqueue state UNKNOWN"
+    fi
     ;;
 "link set up dev "*) ;;
+"-6 addr add "*)
+    echo "$4" >> "$state/addr.$interface" ;;
 *)
     echo "fake ip: unexpected arguments: $*" >&2
     exit 1 ;;
@@ -109,8 +149,13 @@ PATH=/usr/bin:/bin
 state=$FAKE_WG_STATE
 printf 'wg-quick %s\n' "$*" >> "$state/calls"
 interface=$(basename "$2" .conf)
-rm -f "$state/down.$interface"
+value() { sed -n "s/^$1 = //p" "$2"; }
+value PrivateKey "$2" > "$state/private.$interface"
+/usr/bin/wg pubkey < "$state/private.$interface" > "$state/public.$interface"
+value ListenPort "$2" > "$state/port.$interface"
+value Address "$2" > "$state/addr.$interface"
 : > "$state/peers.$interface"
+touch "$state/up.$interface"
 """
 
 
@@ -135,7 +180,7 @@ class FakeBinaries:
 
     def take_down(self, interface: str) -> None:
         """As if someone deleted the interface: gone, and its peers with it."""
-        (self.state / f"down.{interface}").touch()
+        (self.state / f"up.{interface}").unlink()
         (self.state / f"peers.{interface}").write_text("")
 
     def peers(self, interface: str) -> dict[str, str]:
@@ -385,8 +430,20 @@ async def test_a_garbage_dump_fails_the_pass_but_not_the_service(
     assert [report.fleet for report in reports] == ["beta"]  # alpha's pass failed, beta's ran
     errors = [r for r in caplog.records if r.name == "pruning" and r.levelno == logging.ERROR]
     assert [r.getMessage().split(":")[0] for r in errors] == [f"the pass over fleet {FLEET} failed"]
+    health = pages.pop("/health")
     for path, page in pages.items():
         assert page.status_code == 200, (path, page.text)
+    # The pass could not compare the interface with the database: health says so.
+    assert (health.status_code, health.json()) == (
+        503,
+        {
+            "status": "fail",
+            "problems": [
+                f"the last pass over fleet {FLEET} failed (`wg` printed something unexpected); "
+                "see the log"
+            ],
+        },
+    )
     assert pages["/api/fleets"].json()["fleets"][0]["online"] == 0
     assert rows == [(answer["public_key"], answer["address"])]  # nothing pruned or lost
     assert fake_bin.peers(INTERFACE) == {answer["public_key"]: f"{answer['address']}/128"}

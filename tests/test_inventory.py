@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from access import hash_password
+from admin_auth import hash_password
 from inventory import Member, build_inventory, group_name
 from names import assign_names, compile_rules
 from tests.conftest import FLEET

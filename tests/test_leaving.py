@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 import leaving
-from access import hash_password
+from admin_auth import hash_password
 from database import Client
 from tests.conftest import FLEET, Running
 from tests.fakes import FakeWireGuard

@@ -296,14 +296,18 @@ async def test_sweep_repairs_drift_with_one_dump_and_bulk_calls(
 
         report = await pruning.sweep_fleet(running.context, "alpha")
 
-        assert report == SweepReport("alpha", 0, 2, 1, False)
+        assert report == SweepReport("alpha", 0, 1, 1, False, fixed=1)
         assert peers(fake_wg) == {
             a_key: f"{a_address}/128",
             b_key: f"{b_address}/128",
             c_key: f"{c_address}/128",
         }
         assert fake_wg.count("wg", "show") == 1
-        assert fake_wg.count("wg", "set") == 1
+        # One `wg set` removes the stray, one sets b's allowed IPs back (b stays a peer).
+        assert fake_wg.count("wg", "set") == 2
+        assert ("wg", "set", "wg_alpha", "peer", b_key, "allowed-ips", f"{b_address}/128") in (
+            fake_wg.calls
+        )
         assert fake_wg.count("wg", "addconf") == 1
 
         # A second pass finds nothing to do.
@@ -340,7 +344,7 @@ async def test_interface_set_down_is_brought_up(
         assert peers(fake_wg) == {key: f"{address}/128"}
         assert fake_wg.count("ip", "link", "set", "up", "dev", "wg_alpha") == 1
         assert fake_wg.count("wg-quick") == 0
-        assert any("wg_alpha was down" in r.getMessage() for r in caplog.records)
+        assert any("interface wg_alpha is down" in r.getMessage() for r in caplog.records)
 
 
 async def test_deleted_interface_comes_back_with_its_peers(

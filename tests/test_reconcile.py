@@ -1,20 +1,28 @@
-"""reconcile.py: planning peer changes from one dump, and dropping rows outside the subnet."""
+"""reconcile.py: planning peer changes from one dump, judging an interface against its
+config, and finding (never silently deleting) rows outside an edited subnet."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from ipaddress import IPv6Network
+from ipaddress import IPv6Interface, IPv6Network
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from config import FleetConfig
 from database import Client, Database
-from reconcile import PeerPlan, delete_outside_subnet, plan_peers
-from wireguard import InterfaceDump, PeerStatus
+from reconcile import (
+    PeerPlan,
+    find_orphans,
+    interface_differences,
+    plan_peers,
+    remove_orphans,
+)
+from wireguard import InterfaceDump, LinkState, PeerStatus
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 KEY_A, KEY_B, KEY_C, KEY_D = (base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2, 3, 4))
@@ -71,9 +79,10 @@ def test_unknown_peers_are_removed_sorted() -> None:
         (),  # none at all
     ],
 )
-def test_wrong_allowed_ips_are_removed_and_added(allowed: tuple[str, ...]) -> None:
+def test_wrong_allowed_ips_are_set_back_in_place(allowed: tuple[str, ...]) -> None:
     plan = plan_peers({KEY_A: ADDR_A}, dump(peer(KEY_A, *allowed)))
-    assert plan == PeerPlan(remove=(KEY_A,), add=((KEY_A, ADDR_A),))
+    assert plan == PeerPlan(remove=(), add=(), fix=((KEY_A, ADDR_A),))
+    assert not plan.empty
 
 
 def test_mixed_plan() -> None:
@@ -85,8 +94,9 @@ def test_mixed_plan() -> None:
             peer(KEY_B, f"{ADDR_B}/128"),  # good
         ),  # KEY_A missing
     )
-    assert plan.remove == (KEY_C, KEY_D)
-    assert plan.add == ((KEY_A, ADDR_A), (KEY_C, ADDR_C))
+    assert plan.remove == (KEY_D,)
+    assert plan.add == ((KEY_A, ADDR_A),)
+    assert plan.fix == ((KEY_C, ADDR_C),)
 
 
 # --- delete_outside_subnet ---------------------------------------------------------------
@@ -112,46 +122,94 @@ def row(fleet: str, address: str) -> Client:
     )
 
 
-async def test_delete_outside_subnet(database: Database) -> None:
-    rows = [
-        row("alpha", "fd00:1::2"),
-        row("alpha", "fd00:1::ffff:ffff:ffff:ffff"),  # last address of the /64: inside
-        row("alpha", "fd00:9::3"),
-        row("alpha", "fd00:1:0:1::2"),  # next /64: outside
-        row("beta", "fd00:9::4"),  # other fleet: not this call's business
-    ]
-
+async def insert_rows(database: Database, rows: list[Client]) -> None:
     def insert(session: Session) -> None:
         session.add_all(rows)
         session.commit()
 
     await database.write(insert)
-    deleted = await database.write(
-        lambda session: delete_outside_subnet(session, "alpha", IPv6Network("fd00:1::/64"))
-    )
-    assert deleted == ["fd00:1:0:1::2", "fd00:9::3"]
-    left = await database.read(
-        lambda session: sorted(
-            (fleet, address)
-            for fleet, address in session.execute(select(Client.fleet, Client.address))
-        )
-    )
-    assert left == [
-        ("alpha", "fd00:1::2"),
-        ("alpha", "fd00:1::ffff:ffff:ffff:ffff"),
-        ("beta", "fd00:9::4"),
-    ]
 
 
-async def test_delete_outside_subnet_with_nothing_to_do(database: Database) -> None:
-    def insert(session: Session) -> None:
-        session.add(row("alpha", "fd00:1::2"))
-        session.commit()
-
-    await database.write(insert)
-    deleted = await database.write(
-        lambda session: delete_outside_subnet(session, "alpha", IPv6Network("fd00:1::/64"))
+async def test_find_orphans_finds_rows_outside_the_subnet_and_deletes_nothing(
+    database: Database,
+) -> None:
+    await insert_rows(
+        database,
+        [
+            row("alpha", "fd00:1::2"),
+            row("alpha", "fd00:1::ffff:ffff:ffff:ffff"),  # last address of the /64: inside
+            row("alpha", "fd00:9::3"),
+            row("alpha", "fd00:1:0:1::2"),  # next /64: outside
+            row("beta", "fd00:9::4"),  # a fleet not asked about: not this call's business
+        ],
     )
-    assert deleted == []
+    orphans = await database.read(
+        lambda session: find_orphans(session, {"alpha": IPv6Network("fd00:1::/64")})
+    )
+    assert [o.address for o in orphans] == ["fd00:1:0:1::2", "fd00:9::3"]
+    assert {o.fleet for o in orphans} == {"alpha"}
     count = await database.read(lambda session: len(session.scalars(select(Client.id)).all()))
-    assert count == 1
+    assert count == 5
+
+
+async def test_remove_orphans_deletes_exactly_those(database: Database) -> None:
+    await insert_rows(database, [row("alpha", "fd00:1::2"), row("alpha", "fd00:9::3")])
+    subnets = {"alpha": IPv6Network("fd00:1::/64")}
+    orphans = await database.read(lambda session: find_orphans(session, subnets))
+    assert await database.write(lambda session: remove_orphans(session, orphans)) == 1
+    left = await database.read(
+        lambda session: sorted(session.scalars(select(Client.address)).all())
+    )
+    assert left == ["fd00:1::2"]
+    assert await database.read(lambda session: find_orphans(session, subnets)) == []
+
+
+# --- interface_differences -----------------------------------------------------------------
+
+SETTINGS = FleetConfig.model_validate(
+    {"ip6": "fd00:1::1", "subnet": "fd00:1::/64", "external_ip": "192.0.2.1", "port": 51820}
+)
+GOOD_LINK = LinkState(True, frozenset({IPv6Interface("fd00:1::1/64")}))
+GOOD_DUMP = InterfaceDump("serverpublic=", 51820, {})
+
+
+def whats(link: LinkState | None, dump_: InterfaceDump | None) -> list[str]:
+    found = interface_differences("wg_alpha", SETTINGS, "serverpublic=", link, dump_)
+    return [difference.what for difference in found]
+
+
+def test_a_matching_interface_has_no_differences() -> None:
+    assert whats(GOOD_LINK, GOOD_DUMP) == []
+
+
+def test_a_missing_interface_is_one_difference() -> None:
+    found = interface_differences("wg_alpha", SETTINGS, "serverpublic=", None, None)
+    assert [(d.what, d.text) for d in found] == [("interface", "interface wg_alpha does not exist")]
+
+
+def test_a_link_set_down_has_lost_its_address_too() -> None:
+    assert whats(LinkState(False, frozenset()), GOOD_DUMP) == ["link", "address"]
+
+
+@pytest.mark.parametrize(
+    "addresses",
+    [
+        set(),
+        {"fd00:1::1/128"},  # the right address with the wrong prefix length
+        {"fd00:1::2/64"},
+    ],
+)
+def test_the_address_must_be_there_with_its_prefix(addresses: set[str]) -> None:
+    link = LinkState(True, frozenset(IPv6Interface(a) for a in addresses))
+    assert whats(link, GOOD_DUMP) == ["address"]
+
+
+def test_port_and_key_are_judged_from_the_dump() -> None:
+    found = interface_differences(
+        "wg_alpha", SETTINGS, "serverpublic=", GOOD_LINK, InterfaceDump("other=", 40000, {})
+    )
+    assert [d.text for d in found] == [
+        "interface wg_alpha listens on port 40000, not 51820",
+        "interface wg_alpha has another key than its config file",
+    ]
+    assert whats(GOOD_LINK, None) == []  # not read: not judged

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from database import Client
-from tests.conftest import FLEET, FLEET_SUBNET, Running
+from tests.conftest import FLEET, FLEET_IP6, FLEET_SUBNET, Running
 from tests.fakes import FakeWireGuard
 from wireguard import generate_keypair
 
@@ -76,7 +77,8 @@ async def test_register_with_own_key_is_idempotent(start_app: StartApp, clock: A
     assert again["address"] == first["address"]
     assert len(stored) == 1
     assert stored[0].source_ip == "192.0.2.9"
-    assert stored[0].last_seen == clock.now
+    # Registering again is not activity: only the tunnel (pings, handshakes) is.
+    assert stored[0].last_seen == stored[0].last_active == clock.now - timedelta(minutes=5)
 
 
 async def test_a_key_registered_in_another_fleet_is_refused(start_app: StartApp) -> None:
@@ -211,17 +213,23 @@ async def test_ping_refuses_callers_outside_the_tunnel(start_app: StartApp) -> N
     assert stored[0].hostname is None
 
 
-async def test_a_trusted_proxy_may_name_the_client(start_app: StartApp) -> None:
+async def test_a_trusted_proxy_cannot_name_a_client(start_app: StartApp) -> None:
+    # The old design skipped the destination check behind a trusted proxy, so any local
+    # user could ping as any client; a ping's identity now comes from the tunnel alone.
     async with start_app(trusted_proxies=["::1"]) as running:
         answer = await register(running)
-        async with running.client("::1") as proxy:
+        async with running.client("::1", f"[{FLEET_IP6}]:8000") as proxy:
             response = await proxy.post(
                 f"/fleet/{FLEET}/ping",
                 json={"hostname": "viaproxy"},
                 headers={"X-Forwarded-For": f"203.0.113.9, {answer['address']}"},
             )
-    assert response.status_code == 200, response.text
-    assert response.json()["hostname"] == "viaproxy"
+        stored = await rows(running)
+    assert response.status_code == 403, response.text
+    assert response.json() == {
+        "detail": "Pings must come through the tunnel of fleet alpha: ::1 is not in fd00:1::/64."
+    }
+    assert stored[0].hostname is None
 
 
 async def test_ping_from_an_unregistered_address_is_404(start_app: StartApp) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Interface
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,14 @@ from wireguard import (
     InterfaceDump,
     InvalidKey,
     KeyPair,
+    LinkState,
     PeerStatus,
     WireGuard,
     decode_key,
     generate_keypair,
     normalize_public_key,
     parse_dump,
+    parse_link,
     public_key_of,
     read_private_key,
     render_client_config,
@@ -292,12 +295,12 @@ def test_render_client_config_without_private_key_ipv6_no_keepalive() -> None:
 # --- WireGuard: server config -----------------------------------------------------------
 
 
-def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
+async def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
     wg = WireGuard(FakeRunner(), tmp_path / "wireguard")
     path = wg.config_path("southeast")
     assert path == tmp_path / "wireguard" / "wg_southeast.conf"
 
-    public = wg.ensure_server_config("southeast", fleet())
+    public = await wg.ensure_server_config("southeast", fleet())
     assert path.stat().st_mode & 0o777 == 0o600
     private = read_private_key(path.read_text(encoding="utf-8"))
     assert private is not None
@@ -305,31 +308,73 @@ def test_ensure_server_config_creates_key_once(tmp_path: Path) -> None:
     assert path.read_text(encoding="utf-8") == render_server_config(private, fleet())
 
     before = path.stat()
-    assert wg.ensure_server_config("southeast", fleet()) == public
+    assert await wg.ensure_server_config("southeast", fleet()) == public
     assert path.stat().st_ino == before.st_ino
 
 
-def test_ensure_server_config_follows_port_and_keeps_key(tmp_path: Path) -> None:
+async def test_ensure_server_config_follows_port_and_keeps_key(tmp_path: Path) -> None:
     wg = WireGuard(FakeRunner(), tmp_path)
     path = wg.config_path("southeast")
     path.write_text(render_server_config(PRIVATE, fleet()), encoding="utf-8")
     path.chmod(0o644)
 
-    assert wg.ensure_server_config("southeast", fleet(port=51999)) == PUBLIC
+    assert await wg.ensure_server_config("southeast", fleet(port=51999)) == PUBLIC
     assert path.read_text(encoding="utf-8") == render_server_config(PRIVATE, fleet(port=51999))
     assert "ListenPort = 51999\n" in path.read_text(encoding="utf-8")
     assert path.stat().st_mode & 0o777 == 0o600
 
 
 @pytest.mark.parametrize("text", ["[Interface]\nPrivateKey = garbage\n", "[Interface]\n"])
-def test_ensure_server_config_refuses_invalid_key(tmp_path: Path, text: str) -> None:
+async def test_ensure_server_config_refuses_invalid_key(tmp_path: Path, text: str) -> None:
     wg = WireGuard(FakeRunner(), tmp_path)
     path = wg.config_path("southeast")
     path.write_text(text, encoding="utf-8")
     with pytest.raises(RuntimeError) as caught:
-        wg.ensure_server_config("southeast", fleet())
+        await wg.ensure_server_config("southeast", fleet())
     assert str(caught.value) == f"{path} has no valid PrivateKey; fix or remove the file"
     assert path.read_text(encoding="utf-8") == text
+
+
+async def test_a_lost_config_file_takes_the_running_interface_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The file is gone but the interface still runs: its key is kept, read from `wg`'s
+    stdout (never an argv), and the file written again, 0600."""
+    show = ("wg", "show", "wg_southeast", "private-key")
+    runner = FakeRunner(replies={show: (0, f"{PRIVATE}\n")})
+    wg = WireGuard(runner, tmp_path / "wireguard")
+    with caplog.at_level(logging.DEBUG):
+        assert await wg.ensure_server_config("southeast", fleet(), has_clients=True) == PUBLIC
+    path = wg.config_path("southeast")
+    assert path.read_text(encoding="utf-8") == render_server_config(PRIVATE, fleet())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [call.argv for call in runner.calls] == [show]
+    assert all(PRIVATE not in " ".join(call.argv) for call in runner.calls)
+    assert PRIVATE not in caplog.text
+    assert "took the key of the running interface wg_southeast" in caplog.text
+    assert "key change" not in caplog.text
+
+
+@pytest.mark.parametrize("has_clients", [True, False])
+async def test_only_with_file_and_interface_gone_is_a_new_key_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, has_clients: bool
+) -> None:
+    show = ("wg", "show", "wg_southeast", "private-key")
+    runner = FakeRunner(replies={show: (1, "")})
+    wg = WireGuard(runner, tmp_path)
+    with caplog.at_level(logging.INFO):
+        public = await wg.ensure_server_config("southeast", fleet(), has_clients=has_clients)
+    assert public != PUBLIC
+    changes = [r for r in caplog.records if "key change" in r.getMessage()]
+    if has_clients:  # a key its clients knew is lost: said loudly
+        assert [r.levelno for r in changes] == [logging.WARNING]
+        assert public in changes[0].getMessage()
+        assert "must register again" in changes[0].getMessage()
+    else:  # a first start
+        assert changes == []
+        assert f"generated a key pair for wg_southeast in {wg.config_path('southeast')}" in (
+            caplog.text
+        )
 
 
 # --- WireGuard: commands ----------------------------------------------------------------
@@ -418,3 +463,54 @@ async def test_is_up(tmp_path: Path, returncode: int, stdout: str, up: bool) -> 
     runner = FakeRunner(replies={SHOW_ONE_LINE: (returncode, stdout)})
     assert await WireGuard(runner, tmp_path).is_up("x") is up
     assert [call.argv for call in runner.calls] == [SHOW_ONE_LINE]
+
+
+# --- WireGuard: link state and repairs -----------------------------------------------------
+
+
+def test_parse_link_reads_flags_and_ipv6_addresses() -> None:
+    text = (
+        '[{"ifindex": 7, "ifname": "wg_alpha", "flags": ["POINTOPOINT", "NOARP", "UP", '
+        '"LOWER_UP"], "addr_info": [{"family": "inet", "local": "10.0.0.1", "prefixlen": 24}, '
+        '{"family": "inet6", "local": "fd00:1::1", "prefixlen": 64}]}]'
+    )
+    assert parse_link(text) == LinkState(True, frozenset({IPv6Interface("fd00:1::1/64")}))
+    down = '[{"ifname": "wg_alpha", "flags": ["POINTOPOINT", "NOARP"], "addr_info": []}]'
+    assert parse_link(down) == LinkState(False, frozenset())
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[]", "{}", "not json", '[{"addr_info": [{"family": "inet6"}]}]']
+)
+def test_parse_link_refuses_other_shapes(text: str) -> None:
+    with pytest.raises(ValueError, match="ip -j addr show"):
+        parse_link(text)
+
+
+async def test_link_of_a_missing_interface_is_none(tmp_path: Path) -> None:
+    argv = ("ip", "-j", "addr", "show", "dev", "wg_x")
+    runner = FakeRunner(replies={argv: (1, "")})
+    assert await WireGuard(runner, tmp_path).link("x") is None
+
+
+async def test_the_private_key_travels_on_stdin_only(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    await WireGuard(runner, tmp_path).set_private_key("x", PRIVATE)
+    (call,) = runner.calls
+    assert call.argv == ("wg", "set", "wg_x", "private-key", "/dev/stdin")
+    assert call.stdin == f"{PRIVATE}\n"
+
+
+async def test_allowed_ips_are_set_in_place_in_bulk(tmp_path: Path) -> None:
+    runner = FakeRunner()
+    wireguard = WireGuard(runner, tmp_path)
+    await wireguard.set_allowed_ips("x", [(PEER_A, "fd00::a"), (PEER_B, "fd00::b")])
+    (call,) = runner.calls
+    assert call.argv[:3] == ("wg", "set", "wg_x")
+    assert call.argv[3:] == (
+        *("peer", PEER_A, "allowed-ips", "fd00::a/128"),
+        *("peer", PEER_B, "allowed-ips", "fd00::b/128"),
+    )
+    runner.calls.clear()
+    await wireguard.set_allowed_ips("x", [])
+    assert runner.calls == []

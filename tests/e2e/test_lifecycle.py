@@ -113,7 +113,10 @@ def test_restart_keeps_tunnels_and_repairs_the_interface_from_the_database(lab: 
     # unanswered packet.
     assert first.can_ping(settings["ip6"], timeout=30)
     assert second.can_ping(settings["ip6"], timeout=10)
-    assert "restored 1 peer(s)" in server.output()
+    assert f"{interface} lacked 1 peer(s) of the database; added them back" in server.output()
+    assert f"{interface} held 1 peer(s) the database does not know; removed them" in (
+        server.output()
+    )
 
 
 def test_interface_taken_down_by_hand_comes_back_with_its_peers(lab: Lab) -> None:
