@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from access import hash_password
+from admin_auth import hash_password
 from tests.browser.conftest import LiveServer, fleet_rows
 
 try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from access import hash_password
+from admin_auth import hash_password
 from tests.e2e.harness import Lab, Namespace, Server, fleet_config, unique, wait_for
 from tests.e2e.test_client_agent import SERVER_URL, agent, public_key, succeeded
 from tests.e2e.test_lifecycle import join, ping
