@@ -19,6 +19,7 @@ from context import AppContext
 from database import Client
 from display import ClientView, FleetSummary, client_view
 from errors import BadRequest, FleetNotFound
+from events import as_json, latest_events
 from health import problems as health_problems
 from labels import InvalidLabel, parse_selector
 from listing import (
@@ -40,6 +41,7 @@ router = APIRouter()
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 REFRESH_SECONDS = 15
+RECENT_EVENTS = 20  # shown on a fleet's page
 
 
 def count_clients(
@@ -188,6 +190,9 @@ async def fleet_page(
         context, fleet, q=q, sort=sort, limit=limit, cursor=cursor, labels=selectors(label)
     )
     summary = next(s for s in await fleet_summaries(context) if s.name == fleet)
+    recent = await context.database.read(
+        lambda session: [as_json(e) for e in latest_events(session, fleet, RECENT_EVENTS)]
+    )
     return templates.TemplateResponse(
         request,
         "fleet.html",
@@ -203,6 +208,8 @@ async def fleet_page(
             "label_query": "".join(f"&label={quote(text)}" for text in label),
             "now": context.clock(),
             "refresh": REFRESH_SECONDS,
+            "events": recent,
+            "admin": context.config.admin is not None,
         },
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,7 +144,29 @@ def parse_allowed_hosts(value: object) -> tuple[str, ...]:
     return tuple(hosts)
 
 
+def parse_moment(value: object) -> datetime:
+    """An ISO 8601 time with a zone (quoted, or a YAML timestamp), as aware UTC."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an ISO 8601 time such as 2026-07-01T18:00:00+02:00"
+            ) from None
+    else:
+        raise ValueError("must be an ISO 8601 time with a zone, such as 2026-07-01T18:00:00Z")
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(
+            f"{moment.isoformat()} has no time zone; add one (Z or +02:00) so that the "
+            "moment is unambiguous"
+        )
+    return moment.astimezone(UTC)
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Moment = Annotated[datetime, BeforeValidator(parse_moment)]
 Networks = Annotated[tuple[IPNetwork, ...], BeforeValidator(parse_networks)]
 # Hosts-file name templates (see names.py); unknown placeholders are errors.
 NameTemplates = Annotated[tuple[str, ...], AfterValidator(check_templates)]
@@ -209,6 +231,9 @@ class FleetConfig(_Frozen):
     register_from: Networks = ()
     node: str | None = Field(default=None, pattern=NODE_NAME.pattern)
     names: NameTemplates | None = None  # replaces the top-level `names` for this fleet
+    prune_timeout: Duration | None = None
+    pending_timeout: Duration | None = None
+    expires_at: Moment | None = None
 
     @field_validator("ip6", mode="before")
     @classmethod
@@ -264,6 +289,43 @@ class FleetConfig(_Frozen):
         return f"{self.external_ip}:{self.port}"
 
 
+EVENT_TYPES = (
+    "registered",
+    "renamed",
+    "online",
+    "offline",
+    "pruned",
+    "left",
+    "removed",
+    "banned",
+    "key_changed",
+)
+
+
+class WebhookConfig(_Frozen):
+    """Where events are POSTed, signed with `secret`; empty filters mean everything."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    secret: SecretStr = Field(min_length=16)
+    events: tuple[str, ...] = ()
+    fleets: tuple[str, ...] = ()
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(value) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)} is not an event type; use {', '.join(EVENT_TYPES)}"
+            )
+        return value
+
+    def wants(self, fleet: str, kind: str) -> bool:
+        return (not self.events or kind in self.events) and (
+            not self.fleets or fleet in self.fleets
+        )
+
+
 class Config(_Frozen):
     domain: str
     prune_timeout: Duration
@@ -282,6 +344,20 @@ class Config(_Frozen):
     prometheus_target_port: int = Field(default=9100, ge=1, le=65535, strict=True)
     node: str = Field(default_factory=default_node, pattern=NODE_NAME.pattern)
     names: NameTemplates = DEFAULT_NAMES
+    pending_timeout: Duration | None = None
+    event_retention: Duration = timedelta(days=7)
+    webhooks: tuple[WebhookConfig, ...] = ()
+    webhook_give_up: Duration = timedelta(hours=24)
+
+    def prune_timeout_of(self, fleet: str) -> timedelta:
+        """The fleet's own `prune_timeout`, else the global one."""
+        return self.fleets[fleet].prune_timeout or self.prune_timeout
+
+    def pending_timeout_of(self, fleet: str) -> timedelta:
+        """How long a client that never completed a handshake is kept: the fleet's
+        `pending_timeout`, else the global one, else the fleet's prune timeout."""
+        settings = self.fleets[fleet]
+        return settings.pending_timeout or self.pending_timeout or self.prune_timeout_of(fleet)
 
     def names_of(self, fleet: str) -> tuple[str, ...]:
         """The name templates of `fleet`: its own `names`, else the top-level ones."""
@@ -334,6 +410,29 @@ class Config(_Frozen):
                         f"(the interface wg_{name} would exceed Linux's 15-character limit)",
                     )
         return value
+
+    @model_validator(mode="after")
+    def _pending_not_longer(self) -> Config:
+        for name in sorted(self.fleets):
+            pending, prune = self.pending_timeout_of(name), self.prune_timeout_of(name)
+            if pending > prune:
+                own = self.fleets[name].pending_timeout is not None
+                raise FieldProblem(
+                    f"fleets.{name}.pending_timeout" if own else "pending_timeout",
+                    f"{pending} is longer than fleet {name}'s prune_timeout {prune}; "
+                    "clients that never connect are pruned sooner, not later",
+                )
+        urls = [hook.url for hook in self.webhooks]
+        for url in urls:
+            if urls.count(url) > 1:
+                raise FieldProblem("webhooks", f"{url} is listed twice; list each URL once")
+        for index, hook in enumerate(self.webhooks):
+            unknown = sorted(set(hook.fleets) - set(self.fleets))
+            if unknown:
+                raise FieldProblem(
+                    f"webhooks.{index}.fleets", f"{', '.join(unknown)} is not a configured fleet"
+                )
+        return self
 
     @model_validator(mode="after")
     def _fleets_do_not_collide(self) -> Config:

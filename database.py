@@ -29,6 +29,7 @@ from sqlalchemy import (
     case,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -94,6 +95,9 @@ class Client(Base):
     last_active: Mapped[datetime] = mapped_column(UTCDateTime())
     # What the client declared in its pings (see labels.py); NULL when none.
     labels: Mapped[dict[str, str] | None] = mapped_column(JSON(none_as_null=True))
+    # Whether the last `online`/`offline` event said online (events.py), so a transition
+    # is reported once, also across a restart.
+    reported_online: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 def database_url(database: str) -> str:

@@ -13,6 +13,7 @@ Error tree::
     ├── NotInFleet             403  a ping from outside the fleet's tunnel
     ├── KeyInOtherFleet        409  the public key is registered in another fleet
     ├── ServedElsewhere        421  another wg-fleet node runs this fleet
+    ├── FleetExpired           410  the fleet's expires_at has passed
     ├── PoolExhausted          503  no free address left in the fleet's subnet
     ├── FleetFull              503  the fleet has max_clients clients
     ├── WireGuardUnavailable   503  `wg` failed; nothing was changed
@@ -75,6 +76,10 @@ class ServedElsewhere(WgFleetError):
 
     def __init__(self, fleet: str, node: str) -> None:
         super().__init__(f"Fleet {fleet} is run by the wg-fleet node {node!r}; ask that node.")
+
+
+class FleetExpired(WgFleetError):
+    status_code = 410
 
 
 class PoolExhausted(WgFleetError):

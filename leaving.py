@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from functools import partial
 from ipaddress import IPv6Address
 
@@ -22,6 +23,7 @@ from command import CommandError
 from context import AppContext
 from database import CLIENTS
 from errors import ClientNotFound
+from events import Subject, record
 from registry import local_fleet
 
 logger = logging.getLogger(__name__)
@@ -31,8 +33,11 @@ logger = logging.getLogger(__name__)
 PEER_GRACE = 1.0
 
 
-def delete_client(session: Session, fleet: str, address: str) -> tuple[str, str | None]:
-    """Delete the fleet's client at `address`; its (public key, hostname).
+def delete_client(
+    session: Session, fleet: str, address: str, node: str = "", time: datetime | None = None
+) -> tuple[str, str | None]:
+    """Delete the fleet's client at `address`, with its `left` event (when `time` is
+    given); its (public key, hostname).
 
     Raises `ClientNotFound` when there is none."""
     row = session.execute(
@@ -46,6 +51,9 @@ def delete_client(session: Session, fleet: str, address: str) -> tuple[str, str 
             "there is nothing to leave."
         )
     session.execute(delete(CLIENTS).where(CLIENTS.c.id == row.id))
+    if time is not None:
+        subject = Subject(address, row.public_key, row.hostname)
+        record(session, "left", fleet=fleet, node=node, time=time, subject=subject)
     session.commit()
     return row.public_key, row.hostname
 
@@ -67,7 +75,13 @@ async def leave_fleet(
     at = str(address)
     async with context.fleet_locks[fleet]:
         public_key, hostname = await context.database.write(
-            partial(delete_client, fleet=fleet, address=at)
+            partial(
+                delete_client,
+                fleet=fleet,
+                address=at,
+                node=context.config.node_of(fleet),
+                time=context.clock(),
+            )
         )
         context.roster.remove(fleet, [at])
     logger.info("fleet %s: %s (%s) left", fleet, at, hostname or "no name")

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,9 +28,11 @@ from jinja2 import Environment, FileSystemLoader
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+import clientctl
 import orphans as orphans_module
 import uapi
 from access import RateLimiter, is_loopback, is_unprotected
+from actions import router as actions_router
 from admin import router as admin_router
 from admin_auth import AdminAuth, hash_password
 from command import CommandError, CommandRunner, ReportingRunner, Runner
@@ -38,7 +41,9 @@ from context import AppContext, utc_now
 from database import Client, Database
 from display import relative_time, short_key, utc_text
 from errors import StartupError, TooManyRequests, Unauthorized, WgFleetError
+from events import note_server_key
 from groups import router as groups_router
+from history import router as history_router
 from hostcheck import AllowedHosts, default_allowed_hosts
 from inventory import router as inventory_router
 from limits import BodySizeLimit
@@ -49,6 +54,7 @@ from registry import Clock
 from routes import router
 from serving import QuietStartupFailure, bind_socket, serve
 from unhandled import JSONErrors
+from webhooks import Deliverer, cursor_key, start_cursors
 from wireguard import WireGuard
 
 logger = logging.getLogger("wg_fleet")
@@ -66,6 +72,8 @@ async def start(context: AppContext) -> None:
     """
     config = context.config
     await context.database.write(lambda session: context.database.migrate())
+    keys = [cursor_key(config.node, hook.url) for hook in config.webhooks]
+    await context.database.write(partial(start_cursors, keys=keys))
     known = await context.database.read(lambda s: set(s.scalars(select(Client.fleet).distinct())))
     for fleet in sorted(known - set(config.fleets)):
         logger.warning("fleet %s is in the database but not in the config: ignored", fleet)
@@ -76,6 +84,15 @@ async def start(context: AppContext) -> None:
     for fleet, settings in config.local_fleets.items():
         context.server_keys[fleet] = await context.wireguard.ensure_server_config(
             fleet, settings, has_clients=fleet in known
+        )
+        await context.database.write(
+            partial(
+                note_server_key,
+                fleet=fleet,
+                public_key=context.server_keys[fleet],
+                node=config.node,
+                time=context.clock(),
+            )
         )
     for report in await sweep_all(context, at_startup=True):
         logger.info(
@@ -92,6 +109,7 @@ def create_app(
     *,
     runner: Runner | None = None,
     clock: Clock = utc_now,
+    webhook_transport: httpx.AsyncBaseTransport | None = None,
 ) -> FastAPI:
     """Build the app; nothing touches the database or WireGuard until the lifespan runs."""
 
@@ -125,6 +143,8 @@ def create_app(
                 raise StartupError(f"wg-fleet could not start: {error}") from None
             pruner = Pruner(context)
             pruner.start()
+            deliverer = Deliverer(config, database, metrics, clock, webhook_transport)
+            deliverer.start()
             context.activity.start()
             context.publisher.start()
             app.state.pruner = pruner
@@ -149,6 +169,7 @@ def create_app(
                 # Every task the app started is ended here, in reverse order of need.
                 stop_reloading_on_hangup()
                 await pruner.stop()
+                await deliverer.stop()
                 await context.registry.close()
                 await context.publisher.stop()
                 await context.status.close()
@@ -175,6 +196,8 @@ def create_app(
     app.include_router(admin_router)
     app.include_router(groups_router)
     app.include_router(inventory_router)
+    app.include_router(history_router)
+    app.include_router(actions_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodySizeLimit)
     if config.admin is not None:
@@ -293,7 +316,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "`main.py migrate --config PATH` only upgrades the database; "
         "`main.py orphans --config PATH [--remove]` lists (and removes) the clients "
         "left outside an edited subnet; "
-        "`main.py hash-password` prints a hash for the config's admin password.",
+        "`main.py hash-password` prints a hash for the config's admin password; "
+        "`main.py clients list|remove` lists or removes clients through a running server.",
     )
     parser.add_argument("--config", required=True, type=Path, help="the YAML config file")
     parser.add_argument("--host", help="listen address (default ::, dual stack)")
@@ -362,6 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["hash-password"]:
         return print_password_hash()
+    if argv[:1] == ["clients"]:
+        return clientctl.main(argv[1:])
     command = argv.pop(0) if argv[:1] in (["migrate"], ["orphans"]) else "serve"
     remove = command == "orphans" and "--remove" in argv
     if remove:

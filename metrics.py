@@ -50,7 +50,19 @@ class Metrics:
             ["command"],
             registry=self.registry,
         )
-
+        self.webhook_deliveries = Counter(
+            "wg_fleet_webhook_deliveries",
+            "Webhook delivery attempts by result: delivered, failed (retried) or given_up.",
+            ["result"],
+            registry=self.registry,
+        )
+        self.webhook_pending = Gauge(
+            "wg_fleet_webhook_pending",
+            "Events waiting to be delivered, summed over the webhook URLs.",
+            registry=self.registry,
+        )
+        for result in ("delivered", "failed", "given_up"):
+            self.webhook_deliveries.labels(result=result)
         self.repairs = Counter(
             "wg_fleet_repairs",
             "Differences between an interface and its config or database that were repaired.",
@@ -84,6 +96,9 @@ class Metrics:
 
     def pruned_clients(self, fleet: str, count: int) -> None:
         self.pruned.labels(fleet=fleet, node=self._node_of(fleet)).inc(count)
+
+    def webhook_delivered(self, result: str) -> None:
+        self.webhook_deliveries.labels(result=result).inc()
 
     def repaired(self, fleet: str, what: str) -> None:
         self.repairs.labels(fleet=fleet, node=self._node_of(fleet), what=what).inc()

@@ -19,6 +19,7 @@ from activity import ActivityBuffer, store_activity
 from config import Config
 from database import Client, Database
 from errors import Busy, ClientNotFound
+from events import Subject, record
 from hostnames import choose_hostname, search_prefix
 from hosts import Publisher, fqdn
 from labels import Labels, label_text, stored
@@ -153,6 +154,16 @@ class Pinger:
                         taken=names_like(session, fleet, hostname, separator, row_id),
                         separator=separator,
                     )
+                    if assigned != current:
+                        record(
+                            session,
+                            "renamed",
+                            fleet=fleet,
+                            node=self._config.node_of(fleet),
+                            time=now,
+                            subject=Subject(at, client.public_key, assigned),
+                            detail={"from": current, "to": assigned},
+                        )
                     client.hostname, client.requested_hostname = assigned, hostname
                 else:
                     requested_now = requested

@@ -26,18 +26,14 @@ from context import AppContext
 from database import CLIENTS, UTCDateTime, advanced
 from drift import note_repair, repair_link, repair_settings
 from errors import DatabaseUnavailable
+from events import delete_expired
+from lifetimes import Lifetime, Pruned, fleet_lifetime, select_doomed, store_presence
 from reconcile import Difference, plan_peers
+from status import is_online
 from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Pruned:
-    public_key: str
-    address: str
-    hostname: str | None
 
 
 @dataclass(frozen=True)
@@ -100,9 +96,12 @@ def store_sweep(
     handshakes: Mapping[str, int],
     cutoff: datetime | None,
     pending: dict[tuple[str, str], datetime] | None = None,
+    lifetime: Lifetime | None = None,
 ) -> list[Pruned]:
     """Store buffered ping times and new handshakes, then delete the fleet's rows last
-    active before `cutoff`; return what was deleted.
+    active before `cutoff` (and those `lifetime` dooms: never connected, or the fleet
+    expired); return what was deleted. With a `lifetime`, the deletions and the online
+    transitions it observes are also recorded as events.
 
     All in one transaction, in this order, so a ping or handshake stored since the pass
     began always saves its client.
@@ -123,15 +122,23 @@ def store_sweep(
             ],
         )
     pruned: list[Pruned] = []
-    if cutoff is not None:
+    if lifetime is not None:
+        pruned = select_doomed(session, fleet, cutoff, lifetime)
+    elif cutoff is not None:
         inactive = session.execute(
-            select(CLIENTS.c.id, CLIENTS.c.public_key, CLIENTS.c.address, CLIENTS.c.hostname).where(
+            select(CLIENTS.c.public_key, CLIENTS.c.address, CLIENTS.c.hostname).where(
                 CLIENTS.c.fleet == fleet, CLIENTS.c.last_active < cutoff
             )
         ).all()
-        if inactive:
-            session.execute(delete(CLIENTS).where(CLIENTS.c.id.in_([row.id for row in inactive])))
         pruned = [Pruned(row.public_key, row.address, row.hostname) for row in inactive]
+    if pruned:
+        keys = [client.public_key for client in pruned]
+        for start in range(0, len(keys), 500):
+            session.execute(
+                delete(CLIENTS).where(CLIENTS.c.public_key.in_(keys[start : start + 500]))
+            )
+    if lifetime is not None:
+        store_presence(session, fleet, lifetime, pruned)
     session.commit()
     return pruned
 
@@ -185,14 +192,22 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
         wanted = {key: address for key, address, *_ in members}
         handshakes = newer_handshakes(dump, known, wanted)
         now = context.clock()
-        cutoff = prune_cutoff(now, context.config.prune_timeout, context.started_at)
+        cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
+        online = {
+            key
+            for key, peer in dump.peers.items()
+            if key in wanted and is_online(peer.latest_handshake, now)
+        }
+        lifetime = fleet_lifetime(context.config, fleet, now, context.started_at, online)
         with context.activity.committing_directly(fleet):
             # Buffered ping times are stored first, in the same transaction, so that
             # the prune sees them; pings arriving meanwhile are committed directly.
             pending = context.activity.take()
             try:
                 pruned = await context.database.write(
-                    lambda session: store_sweep(session, fleet, handshakes, cutoff, pending)
+                    lambda session: store_sweep(
+                        session, fleet, handshakes, cutoff, pending, lifetime
+                    )
                 )
             except BaseException:
                 context.activity.restore(pending)
@@ -211,9 +226,10 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
     context.metrics.pruned_clients(fleet, len(pruned))
     if pruned:
         logger.info(
-            "fleet %s: pruned %d inactive client(s): %s",
+            "fleet %s: pruned %d %s client(s): %s",
             fleet,
             len(pruned),
+            "/".join(sorted({c.reason for c in pruned})),
             ", ".join(c.address for c in pruned[:10]) + (" …" if len(pruned) > 10 else ""),
         )
     pruned_keys = {client.public_key for client in pruned}
@@ -284,6 +300,14 @@ async def sweep_all(context: AppContext, *, at_startup: bool = False) -> list[Sw
             # Still changed: the next pass publishes once the database answers.
             logger.error("cannot publish the hosts file: %s (%s)", error, error.cause)
     context.metrics.prune_duration.observe(time.monotonic() - started)
+    try:
+        await context.database.write(
+            lambda session: delete_expired(session, context.clock(), context.config.event_retention)
+        )
+    except Exception as error:
+        if at_startup:
+            raise
+        logger.error("old events could not be deleted: %s", error)
     return reports
 
 

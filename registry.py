@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
+from bans import banned_among, refusal
 from command import CommandError
 from config import Config, FleetConfig
 from database import CLIENTS, Database
@@ -37,6 +38,7 @@ from errors import (
     WgFleetError,
     WireGuardUnavailable,
 )
+from events import Subject, forget_registered, record_many
 from hosts import Publisher
 from metrics import Metrics
 from roster import Roster
@@ -153,6 +155,7 @@ def store_batch(
     batch: list[_Request],
     now: datetime,
     hint: Hint | None = None,
+    node: str = "",
 ) -> list[Outcome]:
     """Store every request of `batch` in one transaction (a group commit).
 
@@ -165,9 +168,16 @@ def store_batch(
     """
     for attempt in range(INSERT_ATTEMPTS):
         try:
-            outcomes = _store_batch(
-                session, fleet, settings, batch, now, hint if attempt == 0 else None
+            banned = banned_among(session, (request.public_key for request in batch))
+            allowed = [request for request in batch if request.public_key not in banned]
+            first_hint = hint if attempt == 0 else None
+            stored = iter(
+                _store_batch(session, fleet, settings, allowed, now, first_hint) if allowed else []
             )
+            outcomes = [
+                refusal() if request.public_key in banned else next(stored) for request in batch
+            ]
+            record_registered(session, fleet, node, now, batch, outcomes)
             session.commit()
             return outcomes
         except IntegrityError:
@@ -256,8 +266,33 @@ def _store_batch(
     return outcomes
 
 
+def record_registered(
+    session: Session,
+    fleet: str,
+    node: str,
+    now: datetime,
+    batch: list[_Request],
+    outcomes: list[Outcome],
+) -> None:
+    """A `registered` event for every client the batch created."""
+    record_many(
+        session,
+        "registered",
+        fleet=fleet,
+        node=node,
+        time=now,
+        items=[
+            (Subject(str(outcome[0]), request.public_key, None), None)
+            for request, outcome in zip(batch, outcomes, strict=True)
+            if not isinstance(outcome, WgFleetError) and outcome[1]
+        ],
+    )
+
+
 def delete_keys(session: Session, keys: list[str]) -> None:
+    """Undo registrations whose peers could not be added, their events included."""
     session.execute(delete(CLIENTS).where(CLIENTS.c.public_key.in_(keys)))
+    forget_registered(session, keys)
     session.commit()
 
 
@@ -391,7 +426,9 @@ class Registry:
             adding = asyncio.create_task(self._wireguard.add_peers(fleet, early)) if early else None
             try:
                 outcomes = await self._database.write(
-                    lambda session: store_batch(session, fleet, settings, batch, now, hint)
+                    lambda session: store_batch(
+                        session, fleet, settings, batch, now, hint, self._config.node_of(fleet)
+                    )
                 )
             except Exception:
                 if adding is not None:

@@ -18,6 +18,7 @@ from errors import BadRequest, NotInFleet
 from hostnames import HOSTNAME
 from labels import InvalidLabel, Labels, check_labels
 from leaving import leave_fleet
+from lifetimes import check_open
 from wireguard import InvalidKey, normalize_public_key
 
 logger = logging.getLogger(__name__)
@@ -99,9 +100,10 @@ class RegisterResponse(BaseModel):
     responses={
         400: {"description": "The body cannot be read (not UTF-8, or nested too deeply)."},
         401: {"description": "The fleet's registration_token was not sent."},
-        403: {"description": "The source address is not in the fleet's register_from."},
         404: {"description": "Unknown fleet."},
+        403: {"description": "Outside the fleet's register_from, or the key is banned."},
         409: {"description": "The public key is registered in another fleet."},
+        410: {"description": "The fleet's expires_at has passed."},
         429: {"description": "Too many registrations from this address (Retry-After)."},
         413: {"description": "The request body is larger than 16 KiB."},
         503: {"description": "No free address, or WireGuard failed; nothing was registered."},
@@ -111,6 +113,7 @@ async def register(fleet: str, request: Request, body: RegisterRequest | None = 
     """Register a client: allocate an address, add the peer, return a wg-quick config."""
     context: AppContext = request.app.state.context
     settings = context.registry.fleet(fleet)
+    check_open(settings, fleet, context.clock())
     source, _ = caller_address(request, context)
     check_registration(
         settings, fleet, source, request.headers.get("authorization"), context.limiter
@@ -209,12 +212,14 @@ def _is_address(text: str, expected: IPv6Address) -> bool:
         400: {"description": "The body cannot be read, or the source is not an IP address."},
         403: {"description": "Not sent through the fleet's tunnel to the fleet's address."},
         404: {"description": "Unknown fleet, or no client registered at the source address."},
+        410: {"description": "The fleet's expires_at has passed."},
         413: {"description": "The request body is larger than 16 KiB."},
     },
 )
 async def ping(fleet: str, request: Request, body: PingRequest | None = None) -> Response:
     """Keep a client alive and, with `hostname`, give it a unique name in the fleet."""
     context: AppContext = request.app.state.context
+    check_open(context.registry.fleet(fleet), fleet, context.clock())
     source = tunnel_caller(request, context, fleet)
     result = await context.pinger.ping(
         fleet, source, body.hostname if body else None, body.labels if body else None

@@ -606,7 +606,7 @@ async def test_metrics_have_no_per_client_labels(
 
     found = samples(response.text)
     assert value(found, "wg_fleet_clients_online", fleet="alpha") == 3
-    allowed = {"fleet", "node", "command", "le", "what", "file"}
+    allowed = {"fleet", "node", "command", "le", "what", "file", "result"}  # result: webhooks
     assert {name for _, labels in found for name, _ in labels} <= allowed
     for answer in answers:
         assert answer["address"] not in response.text

@@ -89,7 +89,7 @@ def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) 
     try:
         with db.engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version"))
-            assert version.scalar_one() == "0002"
+            assert version.scalar_one() == "0003"
             row = connection.execute(text("SELECT address, hostname, labels FROM clients")).one()
             assert tuple(row) == ("fd00:1::2", "excavator", None)
             check = connection.execute(text("PRAGMA integrity_check")).scalar_one()
@@ -101,7 +101,7 @@ def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path: Path) 
 def test_migrate_creates_the_schema_from_nothing(db: Database) -> None:
     with db.engine.connect() as connection:
         version = connection.execute(text("SELECT version_num FROM alembic_version"))
-        assert version.scalar_one() == "0002"
+        assert version.scalar_one() == "0003"
 
 
 async def test_times_come_back_as_aware_utc(db: Database) -> None:

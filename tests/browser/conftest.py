@@ -169,9 +169,9 @@ def serve(make_config: Callable[..., Config]) -> Iterator[Callable[[Sequence[Cli
     """`serve(rows)` starts the app on a free port with `rows` in its database."""
     started: list[LiveServer] = []
 
-    def start(rows: Sequence[Client]) -> LiveServer:
+    def start(rows: Sequence[Client], **overrides: Any) -> LiveServer:
         # No pass while pages are looked at.
-        config = make_config(prune_interval="1d", node="east-1")
+        config = make_config(prune_interval="1d", node="east-1", **overrides)
         fake_wg = seed(config, rows)
         clock = FakeClock(now=T0)
         app = create_app(config, runner=fake_wg, clock=clock)
