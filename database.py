@@ -107,6 +107,9 @@ def database_url(database: str) -> str:
     return f"sqlite:///{Path(database).absolute()}"
 
 
+STATEMENT_CACHE = 32  # prepared statements kept per SQLite connection
+
+
 def _tune_sqlite(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -121,7 +124,14 @@ def make_engine(database: str) -> Engine:
         directory = Path(url.removeprefix("sqlite:///")).parent
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # sqlite3 keeps up to `cached_statements` prepared statements per connection, and
+        # every length of an IN list is a statement of its own (a large one takes tens of
+        # KiB): at the default of 128 the pool's caches kept filling for half an hour of
+        # churn. The hot statements are few and stay cached at 32.
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "cached_statements": STATEMENT_CACHE},
+        )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
     return create_engine(url, pool_pre_ping=True)
