@@ -221,7 +221,8 @@ class Lab:
 
 
 def fleet_config(name: str, number: int, **extra: Any) -> dict[str, Any]:
-    prefix = f"fd00:{RUN_TAG}:{number:x}::"
+    # Written as `ip` and `ipaddress` print it: a tag such as 0ff7 loses its leading zero.
+    prefix = f"fd00:{int(RUN_TAG, 16):x}:{number:x}::"
     settings: dict[str, Any] = {
         "ip6": f"{prefix}1",
         "subnet": f"{prefix}/64",
