@@ -12,7 +12,7 @@ import re
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -289,7 +289,7 @@ class FleetConfig(_Frozen):
         return f"{self.external_ip}:{self.port}"
 
 
-EVENT_TYPES = (
+EventType = Literal[
     "registered",
     "renamed",
     "online",
@@ -299,7 +299,8 @@ EVENT_TYPES = (
     "removed",
     "banned",
     "key_changed",
-)
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 
 
 class WebhookConfig(_Frozen):

@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
+from config import EventType
 from events import DEFAULT_LIMIT, MAX_LIMIT, as_json, select_events
 from routes import ContextDep
 
 router = APIRouter()
 
-EventType = Literal[
-    "registered",
-    "renamed",
-    "online",
-    "offline",
-    "pruned",
-    "left",
-    "removed",
-    "banned",
-    "key_changed",
-]
 
 
 class EventOut(BaseModel):
