@@ -15,7 +15,6 @@ from routes import ContextDep
 router = APIRouter()
 
 
-
 class EventOut(BaseModel):
     id: int = Field(description="Increasing; pass the last one seen as `after`.")
     time: datetime

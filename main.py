@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import getpass
 import logging
 import os
@@ -163,9 +164,15 @@ def create_app(
                     "(see the README's Security section)",
                     config.listen.host,
                 )
+            # What start-up built lives as long as the process: moved out of the collector's
+            # sight, so a full collection, which runs about once a second while clients
+            # register, walks thousands of objects instead of 130,000 (80 ms pauses).
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:
+                gc.unfreeze()  # a process that runs apps one after another gets them back
                 # Every task the app started is ended here, in reverse order of need.
                 stop_reloading_on_hangup()
                 await pruner.stop()

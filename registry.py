@@ -23,7 +23,7 @@ from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, random_candidates
+from addresses import ENUMERATE_LIMIT, IPAddress, free_addresses, ip6_text, random_candidates
 from bans import banned_among, refusal
 from command import CommandError
 from config import Config, FleetConfig
@@ -43,7 +43,7 @@ from hosts import Publisher
 from metrics import Metrics
 from roster import Roster
 from tasks import report_failure
-from wireguard import WireGuard, generate_keypair, render_client_config
+from wireguard import WireGuard, client_interface, generate_keypair, server_peer
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def pick_addresses(
     else:
         for _ in range(SAMPLE_ROUNDS):
             candidates = random_candidates(subnet, server, 2 * count + SAMPLE_SIZE)
-            wanted = [str(candidate) for candidate in candidates]
+            wanted = [ip6_text(candidate) for candidate in candidates]
             taken = set(session.scalars(in_fleet.where(CLIENTS.c.address.in_(wanted))))
             free = [c for c, text in zip(candidates, wanted, strict=True) if text not in taken]
             if len(free) >= count:
@@ -118,7 +118,7 @@ def roster_hint(roster: Roster, fleet: str, settings: FleetConfig, keys: list[st
         return None
     for _ in range(SAMPLE_ROUNDS):
         candidates = random_candidates(settings.subnet, settings.ip6, len(distinct) + SAMPLE_SIZE)
-        free = [c for c in candidates if roster.find(fleet, str(c)) is None]
+        free = [c for c in candidates if not roster.holds(fleet, ip6_text(c))]
         if len(free) >= len(distinct):
             return Hint(size, dict(zip(distinct, free, strict=False)))
     return None
@@ -166,9 +166,11 @@ def store_batch(
     writer sharing the database collide with it (a UNIQUE violation), the batch is
     retried whole, without the hint.
     """
+    # A key made here is new for certain: neither banned nor registered anywhere.
+    supplied = [request.public_key for request in batch if not request.generated]
     for attempt in range(INSERT_ATTEMPTS):
         try:
-            banned = banned_among(session, (request.public_key for request in batch))
+            banned = banned_among(session, supplied)
             allowed = [request for request in batch if request.public_key not in banned]
             first_hint = hint if attempt == 0 else None
             stored = iter(
@@ -194,12 +196,17 @@ def _store_batch(
     hint: Hint | None,
 ) -> list[Outcome]:
     keys = list({request.public_key: None for request in batch})
+    supplied = list({request.public_key: None for request in batch if not request.generated})
     known = {
         key: (key_fleet, address)
-        for key, key_fleet, address in session.execute(
-            select(CLIENTS.c.public_key, CLIENTS.c.fleet, CLIENTS.c.address).where(
-                CLIENTS.c.public_key.in_(keys)
+        for key, key_fleet, address in (
+            session.execute(
+                select(CLIENTS.c.public_key, CLIENTS.c.fleet, CLIENTS.c.address).where(
+                    CLIENTS.c.public_key.in_(supplied)
+                )
             )
+            if supplied
+            else ()
         )
     }
     new_keys = [key for key in keys if key not in known]
@@ -219,7 +226,7 @@ def _store_batch(
             [
                 {
                     "fleet": fleet,
-                    "address": str(address),
+                    "address": ip6_text(address),
                     "public_key": key,
                     "source_ip": source_of[key],
                     "registered_at": now,
@@ -282,7 +289,7 @@ def record_registered(
         node=node,
         time=now,
         items=[
-            (Subject(str(outcome[0]), request.public_key, None), None)
+            (Subject(ip6_text(outcome[0]), request.public_key, None), None)
             for request, outcome in zip(batch, outcomes, strict=True)
             if not isinstance(outcome, WgFleetError) and outcome[1]
         ],
@@ -337,6 +344,7 @@ class Registry:
         self._metrics = metrics
         self._queues: dict[str, list[_Request]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._server_peers: dict[tuple[str, str], str] = {}  # (fleet, key) -> config part
 
     def fleet(self, name: str) -> FleetConfig:
         """The settings of a fleet this node runs; `FleetNotFound` or `ServedElsewhere`."""
@@ -369,13 +377,16 @@ class Registry:
         self._metrics.registered(fleet)
         if created:
             logger.debug("registered %s in fleet %s from %s", address, fleet, source_ip)
-        config = render_client_config(
-            private_key=keys.private_key if keys else None,
-            address=address,
-            server_public_key=self._server_keys[fleet],
-            fleet=settings,
-        )
-        return Registration(address, key, config, created)
+        config = client_interface(keys.private_key if keys else None, address)
+        return Registration(address, key, config + self._server_peer(fleet, settings), created)
+
+    def _server_peer(self, fleet: str, settings: FleetConfig) -> str:
+        """The fleet's part of every client config, rendered once per server key."""
+        server_key = self._server_keys[fleet]
+        part = self._server_peers.get((fleet, server_key))
+        if part is None:
+            part = self._server_peers[(fleet, server_key)] = server_peer(server_key, settings)
+        return part
 
     async def close(self) -> None:
         """Cancel the workers still draining a queue (at shutdown, after the server has
@@ -440,7 +451,7 @@ class Registry:
                 if not isinstance(outcome, WgFleetError)
             }
             created = [
-                (request.public_key, str(outcome[0]))
+                (request.public_key, ip6_text(outcome[0]))
                 for request, outcome in zip(batch, outcomes, strict=True)
                 if not isinstance(outcome, WgFleetError) and outcome[1]
             ]

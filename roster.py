@@ -5,6 +5,11 @@ from it, and registration, renames and prunes keep them current in between. Each
 is run by one node, so no other writer changes these rows behind our back; should an
 entry still be stale, the ping falls back to the database and the next pass corrects it.
 Also remembered: the last handshake stored per key, so a pass writes only newer ones.
+
+Entries are kept as plain tuples of strings (labels as pairs), which the garbage
+collector stops tracking; a `Member`, a tuple subclass, or a tuple holding a dict, it
+would track. Tens of thousands of them would otherwise be walked by every full
+collection, a pause of tens of milliseconds each time while registrations come in.
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ class Member(NamedTuple):
     labels: Mapping[str, str] | None = None  # None: no labels
 
 
+_Labels = tuple[tuple[str, str], ...] | None
+_Entry = tuple[str, str | None, str | None, _Labels]
+
+
+def _entry(
+    public_key: str, hostname: str | None, requested: str | None, labels: Mapping[str, str] | None
+) -> _Entry:
+    return (public_key, hostname, requested, tuple(labels.items()) if labels else None)
+
+
 Row = (
     tuple[str, str, str | None, str | None]
     | tuple[str, str, str | None, str | None, Mapping[str, str] | None]
@@ -28,19 +43,25 @@ Row = (
 
 class Roster:
     def __init__(self) -> None:
-        self._members: dict[str, dict[str, Member]] = {}  # fleet -> address -> member
+        self._members: dict[str, dict[str, _Entry]] = {}  # fleet -> address -> entry
         self._handshakes: dict[str, dict[str, int]] = {}  # fleet -> key -> epoch stored
 
     def load(self, fleet: str, rows: Iterable[Row]) -> None:
         """Replace the fleet's entries with (public key, address, hostname, requested[,
         labels])."""
         self._members[fleet] = {
-            row[1]: Member(row[0], row[2], row[3], (row[4] or None) if len(row) > 4 else None)
-            for row in rows
+            row[1]: _entry(row[0], row[2], row[3], row[4] if len(row) > 4 else None) for row in rows
         }
 
     def find(self, fleet: str, address: str) -> Member | None:
-        return self._members.get(fleet, {}).get(address)
+        entry = self._members.get(fleet, {}).get(address)
+        if entry is None:
+            return None
+        public_key, hostname, requested, labels = entry
+        return Member(public_key, hostname, requested, dict(labels) if labels else None)
+
+    def holds(self, fleet: str, address: str) -> bool:
+        return address in self._members.get(fleet, {})
 
     def size(self, fleet: str) -> int | None:
         """How many clients the fleet has; None before its first load."""
@@ -50,8 +71,8 @@ class Roster:
     def add(self, fleet: str, public_key: str, address: str) -> None:
         members = self._members.setdefault(fleet, {})
         current = members.get(address)
-        if current is None or current.public_key != public_key:
-            members[address] = Member(public_key, None, None)
+        if current is None or current[0] != public_key:
+            members[address] = (public_key, None, None, None)
 
     def rename(
         self,
@@ -63,9 +84,7 @@ class Roster:
     ) -> None:
         member = self.find(fleet, address)
         if member is not None:
-            self._members[fleet][address] = Member(
-                member.public_key, hostname, requested, labels or None
-            )
+            self._members[fleet][address] = _entry(member.public_key, hostname, requested, labels)
 
     def remove(self, fleet: str, addresses: Iterable[str]) -> None:
         members = self._members.get(fleet, {})

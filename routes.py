@@ -12,7 +12,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from access import check_registration
-from addresses import IPAddress, normalize_ip, resolve_client_ip
+from addresses import IPAddress, ip6_text, normalize_ip, resolve_client_ip
 from context import AppContext
 from errors import BadRequest, NotInFleet
 from hostnames import HOSTNAME
@@ -123,7 +123,7 @@ async def register(fleet: str, request: Request, body: RegisterRequest | None = 
         {
             "status": "success",
             "config": registration.config,
-            "address": str(registration.address),
+            "address": ip6_text(registration.address),
             "public_key": registration.public_key,
         },
         # The answer may hold a private key: no cache (browser, proxy) may keep it.

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import uapi
+from addresses import ip6_text
 from command import CommandError, Runner
 from config import FleetConfig
 from files import write_if_changed
@@ -110,8 +111,8 @@ def generate_keypair() -> KeyPair:
     raw[0] &= 248
     raw[31] &= 127
     raw[31] |= 64
-    private = _encode(bytes(raw))
-    return KeyPair(private, public_key_of(private))
+    public = X25519PrivateKey.from_private_bytes(bytes(raw)).public_key().public_bytes_raw()
+    return KeyPair(_encode(bytes(raw)), _encode(public))
 
 
 def decode_key(text: str) -> bytes:
@@ -456,11 +457,18 @@ def render_client_config(
     fleet: FleetConfig,
 ) -> str:
     """The wg-quick file a client runs; without `PrivateKey` when the client kept its own."""
-    lines = ["[Interface]"]
-    if private_key is not None:
-        lines.append(f"PrivateKey = {private_key}")
-    lines += [
-        f"Address = {address}/128",
+    return client_interface(private_key, address) + server_peer(server_public_key, fleet)
+
+
+def client_interface(private_key: str | None, address: IPv6Address) -> str:
+    """The client's own part of its wg-quick file (see `render_client_config`)."""
+    key = f"PrivateKey = {private_key}\n" if private_key is not None else ""
+    return f"[Interface]\n{key}Address = {ip6_text(address)}/128\n"
+
+
+def server_peer(server_public_key: str, fleet: FleetConfig) -> str:
+    """The part of a client's wg-quick file that is the same for the whole fleet."""
+    lines = [
         "",
         "[Peer]",
         f"PublicKey = {server_public_key}",

@@ -60,9 +60,7 @@ async def test_remove_is_gone_everywhere_at_once(
         gone, kept = await register(running), await register(running)
         await ping(running, gone["address"], "excavator")
         await ping(running, kept["address"], "digger")
-        anonymous = await running.client().delete(
-            f"/api/fleets/{FLEET}/clients/{gone['address']}"
-        )
+        anonymous = await running.client().delete(f"/api/fleets/{FLEET}/clients/{gone['address']}")
         response = await http.delete(f"/api/fleets/{FLEET}/clients/{gone['address']}")
         again = await http.delete(f"/api/fleets/{FLEET}/clients/{gone['address']}")
         left = await addresses(running)

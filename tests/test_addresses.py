@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_network
 
 import pytest
 
+import addresses
 from addresses import (
+    CACHED_TEXT,
     free_addresses,
+    ip6_text,
     is_reserved,
     normalize_ip,
     random_candidates,
@@ -103,6 +107,37 @@ def test_normalize_ip(text: str, expected: IPv4Address | IPv6Address) -> None:
 def test_normalize_ip_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
         normalize_ip(text)
+
+
+def test_normalize_ip_caches_only_short_texts() -> None:
+    """A long text (a header's) is parsed every time, never kept in the cache."""
+    cache = addresses._parse_cached
+    long_text = "fe80::1%" + "x" * CACHED_TEXT
+    before = cache.cache_info()
+    assert normalize_ip(long_text) == normalize_ip(long_text) == IPv6Address("fe80::1")
+    assert cache.cache_info() == before
+    assert normalize_ip("192.0.2.99") == normalize_ip("192.0.2.99") == IPv4Address("192.0.2.99")
+    assert cache.cache_info().hits > before.hits
+
+
+WORDS = (0, 0, 0, 1, 0xFFFF, 0xFD00)
+
+
+def structured_addresses(count: int) -> Iterator[IPv6Address]:
+    """Random addresses rich in the shapes text forms differ on: runs of zero words (ties
+    included), ::/96, ::ffff:0:0/96 and ::1."""
+    rng = random.Random(5952)
+    yield from (IPv6Address(0), IPv6Address(1), IPv6Address("::ffff:192.0.2.7"))
+    for _ in range(count):
+        words = [
+            rng.choice(WORDS) if rng.random() < 0.7 else rng.randrange(1 << 16) for _ in range(8)
+        ]
+        yield IPv6Address(sum(word << (16 * (7 - index)) for index, word in enumerate(words)))
+
+
+def test_ip6_text_is_pythons_text() -> None:
+    for address in structured_addresses(50_000):
+        assert ip6_text(address) == str(address), address
 
 
 PROXIES = (ip_network("10.0.0.0/8"), ip_network("fd00:ffff::/32"))

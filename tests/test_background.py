@@ -5,6 +5,7 @@ none ends with an exception nobody hears of."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -107,3 +108,11 @@ async def test_a_background_task_that_fails_is_logged_with_its_traceback(
     failures = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert [r.getMessage() for r in failures] == ["background task wg-fleet-example failed"]
     assert failures[0].exc_info is not None
+
+
+async def test_start_up_objects_are_frozen_while_the_app_runs(start_app: StartApp) -> None:
+    """What start-up built is out of the collector's sight while the app serves (a full
+    collection walks only what came since), and handed back when it stops."""
+    async with start_app():
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
