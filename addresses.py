@@ -59,6 +59,11 @@ def ip6_text(address: IPv6Address) -> str:
     return socket.inet_ntop(socket.AF_INET6, address.packed)
 
 
+def peer_text(address: IPv6Address | str) -> str:
+    """A peer's address as text (see `ip6_text`), whether given as text or not."""
+    return address if isinstance(address, str) else ip6_text(address)
+
+
 def normalize_ip(text: str) -> IPAddress:
     """Parse an address, dropping any IPv6 scope and unwrapping IPv4-mapped forms.
 

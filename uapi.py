@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from ipaddress import IPv6Address
 from pathlib import Path
 
+from addresses import peer_text
 from command import CommandError
 
 SOCKET_DIR = Path("/var/run/wireguard")
@@ -41,7 +42,7 @@ def add_peers_request(peers: Sequence[tuple[str, IPv6Address | str]]) -> bytes:
     lines = ["set=1"]
     for key, address in peers:
         lines.append(f"public_key={base64.b64decode(key).hex()}")
-        lines.append(f"allowed_ip={address}/128")
+        lines.append(f"allowed_ip={peer_text(address)}/128")
     return ("\n".join(lines) + "\n\n").encode("ascii")
 
 

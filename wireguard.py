@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import uapi
-from addresses import ip6_text
+from addresses import ip6_text, peer_text
 from command import CommandError, Runner
 from config import FleetConfig
 from files import write_if_changed
@@ -200,7 +200,8 @@ def render_server_config(private_key: str, fleet: FleetConfig) -> str:
 def render_peers(peers: Iterable[tuple[str, IPv6Address | str]]) -> str:
     """`[Peer]` sections for `wg addconf`, one /128 per client."""
     return "".join(
-        f"[Peer]\nPublicKey = {key}\nAllowedIPs = {address}/128\n\n" for key, address in peers
+        f"[Peer]\nPublicKey = {key}\nAllowedIPs = {peer_text(address)}/128\n\n"
+        for key, address in peers
     )
 
 
