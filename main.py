@@ -141,7 +141,10 @@ def create_app(
             try:
                 await start(context)
             except (CommandError, OSError, RuntimeError, WgFleetError) as error:
-                raise StartupError(f"wg-fleet could not start: {error}") from None
+                cause = getattr(error, "cause", "")  # the database's own words, if any
+                raise StartupError(
+                    f"wg-fleet could not start: {error}" + (f" ({cause})" if cause else "")
+                ) from None
             pruner = Pruner(context)
             pruner.start()
             deliverer = Deliverer(config, database, metrics, clock, webhook_transport)

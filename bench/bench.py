@@ -75,9 +75,10 @@ from backends import Backend, PostgresBackend, SQLiteBackend
 from report import ScaleRun, report
 
 from config import FleetConfig
-from database import Base, Client, make_engine
+from database import Client, make_engine
 from files import write_if_changed
 from hosts import render_hosts
+from migrations import upgrade
 from tests.e2e import harness
 from tests.e2e.harness import (
     SERVER_V4,
@@ -471,7 +472,7 @@ def seed(work: Path, size: int, number: int, backend: Backend) -> Seed:
     server = IPv6Address(settings["ip6"])
     database = backend.seed_target(work, size)
     engine = make_engine(database)
-    Base.metadata.create_all(engine)
+    upgrade(engine)  # the schema exactly as wg-fleet's migrations make it
     now = datetime.now(UTC)
     registered = now - timedelta(hours=1)
     # Far in the future: never inactive, however short prune_timeout is (phase B).

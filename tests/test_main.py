@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -117,6 +118,21 @@ async def test_a_failing_wg_quick_stops_start_up_with_a_sentence(
     fake_wg.fail = {"wg-quick"}
     app = main.create_app(make_config(), runner=fake_wg)
     with pytest.raises(main.StartupError, match=r"^wg-fleet could not start: `wg-quick up .*"):
+        async with app.router.lifespan_context(app):
+            pass
+
+
+async def test_a_database_that_cannot_be_migrated_stops_start_up_with_its_words(
+    tmp_path: Path, make_config: Callable[..., Any], fake_wg: FakeWireGuard
+) -> None:
+    """A schema the migrations cannot apply to (a table made by hand, here) is named in
+    the operator's sentence, not hidden behind "not available right now"."""
+    database = tmp_path / "made-by-hand.sqlite"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE clients (id INTEGER PRIMARY KEY, fleet TEXT)")
+        connection.execute("CREATE TABLE events (id INTEGER PRIMARY KEY)")
+    app = main.create_app(make_config(database=str(database)), runner=fake_wg)
+    with pytest.raises(main.StartupError, match=r"^wg-fleet could not start: .*\(.+\)$"):
         async with app.router.lifespan_context(app):
             pass
 
