@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -28,7 +28,8 @@ from drift import note_repair, repair_link, repair_settings
 from errors import DatabaseUnavailable
 from events import delete_expired
 from lifetimes import Lifetime, Pruned, fleet_lifetime, select_doomed, store_presence
-from reconcile import Difference, plan_peers
+from reconcile import Difference, PeerPlan, plan_peers
+from roster import Roster, Row
 from status import is_online
 from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
@@ -63,6 +64,46 @@ def newer_handshakes(
         for key, peer in dump.peers.items()
         if peer.handshake_epoch > stored.get(key, 0) and key in keys
     }
+
+
+def compare(
+    dump: InterfaceDump,
+    members: Sequence[Row],
+    known: dict[str, int],
+    stored: Mapping[str, int],
+    now: datetime,
+) -> tuple[dict[str, str], dict[str, int], set[str]]:
+    """The pass's first look (run in a thread): the fleet's clients (key -> address),
+    their handshakes newer than those stored, and which of them are online."""
+    known.update(stored)
+    wanted = {key: address for key, address, *_ in members}
+    handshakes = newer_handshakes(dump, known, wanted)
+    online = {
+        key
+        for key, peer in dump.peers.items()
+        if key in wanted and is_online(peer.latest_handshake, now)
+    }
+    return wanted, handshakes, online
+
+
+def settle(
+    roster: Roster,
+    fleet: str,
+    members: Sequence[Row],
+    wanted: dict[str, str],
+    known: dict[str, int],
+    handshakes: Mapping[str, int],
+    pruned: Sequence[Pruned],
+    dump: InterfaceDump,
+) -> PeerPlan:
+    """After the pass's write (run in a thread): forget the pruned, reload the roster,
+    and plan what the interface needs to match the database."""
+    known.update(handshakes)
+    for client in pruned:
+        wanted.pop(client.public_key, None)
+        known.pop(client.public_key, None)
+    roster.load(fleet, (m for m in members if m[0] in wanted))
+    return plan_peers(wanted, dump)
 
 
 def select_members(
@@ -188,16 +229,13 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
             lambda session: select_members(session, fleet, with_handshakes=first)
         )
         known = roster.stored_handshakes(fleet)
-        known.update(stored)
-        wanted = {key: address for key, address, *_ in members}
-        handshakes = newer_handshakes(dump, known, wanted)
         now = context.clock()
         cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
-        online = {
-            key
-            for key, peer in dump.peers.items()
-            if key in wanted and is_online(peer.latest_handshake, now)
-        }
+        # Tens of thousands of rows and peers: compared in a thread, so pings and
+        # registrations waiting on the loop are not held up for a tenth of a second.
+        wanted, handshakes, online = await asyncio.to_thread(
+            compare, dump, members, known, stored, now
+        )
         lifetime = fleet_lifetime(context.config, fleet, now, context.started_at, online)
         with context.activity.committing_directly(fleet):
             # Buffered ping times are stored first, in the same transaction, so that
@@ -214,12 +252,9 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
                 raise
         if pruned:
             context.publisher.changed()  # even if `wg` fails below
-        known.update(handshakes)
-        for client in pruned:
-            wanted.pop(client.public_key, None)
-            known.pop(client.public_key, None)
-        roster.load(fleet, (m for m in members if m[0] in wanted))
-        plan = plan_peers(wanted, dump)
+        plan = await asyncio.to_thread(
+            settle, roster, fleet, members, wanted, known, handshakes, pruned, dump
+        )
         await context.wireguard.remove_peers(fleet, plan.remove)
         await context.wireguard.add_peers(fleet, plan.add)
         await context.wireguard.set_allowed_ips(fleet, plan.fix)
