@@ -14,7 +14,8 @@ Throughput (32 connections, 2 wrk threads, a short warm-up, then `--seconds` per
             once on 0.0.0.0 and once on `::`); nothing shared with wg-fleet's serving
             path. Its own p50 is reported, and no ratio is printed when its p50 over the
             LAN exceeds 10 ms: a sick baseline makes every ratio a lie.
-  --profile DIR: then py-spy samples wg-fleet during one more register and ping run.
+  --profile DIR: then py-spy samples wg-fleet during one more register and ping run,
+                 after the first repetition.
 
 Scale (N seeded clients, each with a real key, an address and a hostname):
   phase A, prune_interval 1h (no pass interferes):
