@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sqlalchemy import insert, text, update
+from sqlalchemy import delete, insert, select, text, update
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -353,6 +353,38 @@ def profile(
     return tops
 
 
+# wireguard-go holds at most 65,536 peers, and a fleet 60,000 clients (max_clients): a fleet
+# above TRIM_ABOVE before a register run keeps only its newest TRIM_TO clients, so every
+# run after the first starts from a fleet of 20,000 and grows from there.
+TRIM_ABOVE = 30_000
+TRIM_TO = 20_000
+
+
+def trim_fleet(lab: Lab, service: Service, database: str, fleet: str, spare: str) -> int:
+    """Delete all but the fleet's newest TRIM_TO rows (and the bench client's, `spare`),
+    then have wg-fleet reconcile (SIGHUP) until its interface matches; how many went."""
+    engine = make_engine(database)
+    newest = (
+        select(Client.id).where(Client.fleet == fleet).order_by(Client.id.desc()).limit(TRIM_TO)
+    )
+    with engine.begin() as connection:
+        removed = connection.execute(
+            delete(Client.__table__).where(
+                Client.fleet == fleet, Client.public_key != spare, Client.id.not_in(newest)
+            )
+        ).rowcount
+    engine.dispose()
+    assert service.process is not None
+    service.process.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: peer_count(lab, f"wg_{fleet}") <= TRIM_TO + 1,
+        120,
+        f"wg_{fleet} to be trimmed to {TRIM_TO} peers",
+    )
+    log(f"throughput: trimmed the fleet by {removed:,} clients to its newest {TRIM_TO:,}")
+    return int(removed)
+
+
 def throughput(
     lab: Lab,
     work: Path,
@@ -366,13 +398,14 @@ def throughput(
     state = work / "throughput"
     state.mkdir()
     config = state / "config.yaml"
+    database = backend.fresh(state)
     write_config(
         config,
         state,
         fleet,
         settings,
         FLEET_PORT,
-        database=backend.fresh(state),
+        database=database,
         prune_timeout="1d",
         prune_interval="1m",
     )
@@ -407,8 +440,11 @@ def throughput(
         "register_baseline": baselines[0],
         "ping_baseline": baselines[1],
     }
+    trims = []
     for rep in range(reps):
         for name, (url, body) in runs.items():
+            if name == "register" and peer_count(lab, f"wg_{fleet}") > TRIM_ABOVE:
+                trims.append(trim_fleet(lab, service, database, fleet, registration["public_key"]))
             wrk(client.namespace, url, body, WARMUP_SECONDS)
             cpu = serving[name].cpu_seconds()
             result = wrk(client.namespace, url, body, seconds)
@@ -429,6 +465,8 @@ def throughput(
             # near max_clients, where registration counts the fleet in the database.
             results["profiles"] = profile(lab, client.namespace, service, runs, profile_dir)
     results["peers_at_end"] = [{"value": peer_count(lab, f"wg_{fleet}")}]
+    results["trimmed"] = [{"value": removed} for removed in trims]
+    results["trim"] = {"above": TRIM_ABOVE, "to": TRIM_TO}
     for process in (service, *baselines):
         process.stop()
     client.down()

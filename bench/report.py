@@ -249,9 +249,18 @@ def report(
                 "it would be a lie; fix that and run again."
             )
         peers = throughput_results["peers_at_end"][0]["value"]
+        trimmed = [item["value"] for item in throughput_results.get("trimmed", [])]
         extra.append(
             f"The register runs (warm-ups included) left {peers:,.0f} peers on the fleet's "
             "interface; every registration in them added a new client."
+            + (
+                f" Before {len(trimmed)} of them the fleet, above "
+                f"{throughput_results['trim']['above']:,} clients, was trimmed to its newest "
+                f"{throughput_results['trim']['to']:,} (wireguard-go holds at most 65,536 "
+                "peers)."
+                if trimmed
+                else ""
+            )
         )
     if len(sizes) > 1:
         extra.append(
