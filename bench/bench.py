@@ -209,7 +209,30 @@ def wait_answering(namespace: Namespace, service: Service, url: str, timeout: fl
         time.sleep(0.02)
 
 
+def tcp_counters(namespace: Namespace) -> dict[str, int]:
+    """The namespace's TCP counters from /proc/net/snmp and /proc/net/netstat (kernel
+    counters are per network namespace): retransmitted segments and timeouts."""
+    text = subprocess.run(
+        in_ns(namespace, "cat", "/proc/net/snmp", "/proc/net/netstat"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    counters: dict[str, int] = {}
+    for names, values in zip(text[::2], text[1::2], strict=False):
+        prefix, _, keys = names.partition(":")
+        counters.update(
+            (f"{prefix}{key}", int(value))
+            for key, value in zip(keys.split(), values.partition(":")[2].split(), strict=False)
+            if value.lstrip("-").isdigit()
+        )
+    return counters
+
+
 def wrk(namespace: Namespace, url: str, body: str, seconds: int) -> dict[str, float]:
+    """One wrk run; also how many TCP segments the client retransmitted meanwhile (a
+    latency outlier with retransmissions is the lab's network, not the server)."""
+    before = tcp_counters(namespace)
     result = subprocess.run(
         in_ns(
             namespace,
@@ -235,7 +258,9 @@ def wrk(namespace: Namespace, url: str, body: str, seconds: int) -> dict[str, fl
         if line.startswith("BENCH-JSON "):
             raw = json.loads(line.removeprefix("BENCH-JSON "))
             errors = sum(raw[k] for k in ("connect", "read", "write", "status", "timeout"))
+            after = tcp_counters(namespace)
             return {
+                "retransmits": after["TcpRetransSegs"] - before["TcpRetransSegs"],
                 "rps": raw["requests"] / (raw["duration_us"] / 1e6),
                 "p50_ms": raw["p50_us"] / 1000,
                 "p99_ms": raw["p99_us"] / 1000,
@@ -457,7 +482,7 @@ def throughput(
             log(
                 f"throughput {rep + 1}/{reps} {name:<18} {result['rps']:7.0f} req/s  "
                 f"p50 {result['p50_ms']:6.1f} ms  p99 {result['p99_ms']:6.1f} ms  "
-                f"errors {result['errors']:.0f}  "
+                f"errors {result['errors']:.0f}  retransmits {result['retransmits']:.0f}  "
                 f"CPU {result['cpu_ms_per_request']:.3f} ms/request"
             )
         if rep == 0 and profile_dir is not None:
