@@ -39,6 +39,8 @@ class AppContext:
     metrics: Metrics
     limiter: RateLimiter | None = None
     fleet_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # One pass per fleet at a time (a pass holds the fleet's lock only in part).
+    pass_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Fleet -> why its last pass failed, for /health; cleared by the next good pass.
     failed_passes: dict[str, str] = field(default_factory=dict)
     registry: Registry = field(init=False)
@@ -52,6 +54,7 @@ class AppContext:
     def __post_init__(self) -> None:
         for name in self.config.local_fleets:
             self.fleet_locks.setdefault(name, asyncio.Lock())
+            self.pass_locks.setdefault(name, asyncio.Lock())
         self.status = StatusCache(self.wireguard)
         self.link_states = LinkStates(self.wireguard)
         self.metrics.start_fleets(list(self.config.fleets))

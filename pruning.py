@@ -29,7 +29,7 @@ from errors import DatabaseUnavailable
 from events import delete_expired
 from lifetimes import Lifetime, Pruned, fleet_lifetime, select_doomed, store_presence
 from reconcile import Difference, PeerPlan, plan_peers
-from roster import Roster, Row
+from roster import Entries, Row, entries_of
 from status import is_online
 from tasks import report_failure
 from wireguard import InterfaceDump, interface_name
@@ -87,23 +87,20 @@ def compare(
 
 
 def settle(
-    roster: Roster,
-    fleet: str,
     members: Sequence[Row],
     wanted: dict[str, str],
     known: dict[str, int],
     handshakes: Mapping[str, int],
     pruned: Sequence[Pruned],
     dump: InterfaceDump,
-) -> PeerPlan:
-    """After the pass's write (run in a thread): forget the pruned, reload the roster,
-    and plan what the interface needs to match the database."""
+) -> tuple[Entries, PeerPlan]:
+    """After the pass's write (run in a thread): forget the pruned, and make the
+    roster's new entries and the plan that brings the interface to the database."""
     known.update(handshakes)
     for client in pruned:
         wanted.pop(client.public_key, None)
         known.pop(client.public_key, None)
-    roster.load(fleet, (m for m in members if m[0] in wanted))
-    return plan_peers(wanted, dump)
+    return entries_of(m for m in members if m[0] in wanted), plan_peers(wanted, dump)
 
 
 def select_members(
@@ -202,7 +199,8 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
     `/health` until a pass over the fleet succeeds again, and raised.
     """
     try:
-        report = await _sweep_fleet(context, fleet, at_startup=at_startup)
+        async with context.pass_locks[fleet]:
+            report = await _sweep_fleet(context, fleet, at_startup=at_startup)
     except Exception as error:
         context.failed_passes[fleet] = (
             f"the last pass over fleet {fleet} failed ({failure_kind(error)}); see the log"
@@ -215,7 +213,12 @@ async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = Fal
 async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> SweepReport:
     interface = interface_name(fleet)
     roster = context.roster
-    async with context.fleet_locks[fleet]:
+    lock = context.fleet_locks[fleet]
+    # The fleet's lock is held while the interface and the rows are read, and again
+    # while peers are changed: never while tens of thousands of them are compared and
+    # stored, which would hold up every registration for most of a second. What the
+    # fleet's clients do in between is journaled by the roster and respected below.
+    async with lock:
         repair = await repair_link(context, fleet, at_startup=at_startup)
         # Dump before reading the rows: every peer in the dump then has its row
         # committed already, so no peer being registered can be taken for a stray.
@@ -228,6 +231,8 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
         members, stored = await context.database.read(
             lambda session: select_members(session, fleet, with_handshakes=first)
         )
+        roster.watch(fleet)
+    try:
         known = roster.stored_handshakes(fleet)
         now = context.clock()
         cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
@@ -252,12 +257,22 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
                 raise
         if pruned:
             context.publisher.changed()  # even if `wg` fails below
-        plan = await asyncio.to_thread(
-            settle, roster, fleet, members, wanted, known, handshakes, pruned, dump
-        )
-        await context.wireguard.remove_peers(fleet, plan.remove)
-        await context.wireguard.add_peers(fleet, plan.add)
-        await context.wireguard.set_allowed_ips(fleet, plan.fix)
+        async with lock:
+            entries, plan = await asyncio.to_thread(
+                settle, members, wanted, known, handshakes, pruned, dump
+            )
+            changes = roster.install(fleet, entries)
+            # Registered meanwhile: not a stray. Removed meanwhile: not to be restored.
+            plan = PeerPlan(
+                tuple(key for key in plan.remove if key not in changes.added),
+                tuple(peer for peer in plan.add if peer[0] not in changes.removed),
+                plan.fix,
+            )
+            await context.wireguard.remove_peers(fleet, plan.remove)
+            await context.wireguard.add_peers(fleet, plan.add)
+            await context.wireguard.set_allowed_ips(fleet, plan.fix)
+    finally:
+        roster.unwatch(fleet)
     context.metrics.pruned_clients(fleet, len(pruned))
     if pruned:
         logger.info(

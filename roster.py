@@ -18,6 +18,13 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 
+class Changes(NamedTuple):
+    """Keys a fleet's journaled changes added (registered) and removed."""
+
+    added: frozenset[str]
+    removed: frozenset[str]
+
+
 class Member(NamedTuple):
     public_key: str
     hostname: str | None
@@ -41,17 +48,65 @@ Row = (
 )
 
 
+Entries = dict[str, _Entry]
+
+
+def entries_of(rows: Iterable[Row]) -> Entries:
+    """Entries for `Roster.install` from (public key, address, hostname, requested[,
+    labels]) rows; touches no roster, so it may run in a thread."""
+    return {
+        row[1]: _entry(row[0], row[2], row[3], row[4] if len(row) > 4 else None) for row in rows
+    }
+
+
 class Roster:
     def __init__(self) -> None:
-        self._members: dict[str, dict[str, _Entry]] = {}  # fleet -> address -> entry
+        self._members: dict[str, Entries] = {}  # fleet -> address -> entry
         self._handshakes: dict[str, dict[str, int]] = {}  # fleet -> key -> epoch stored
+        # fleet -> the changes made since `watch`: (address, entry before, entry after)
+        self._journals: dict[str, list[tuple[str, _Entry | None, _Entry | None]]] = {}
 
     def load(self, fleet: str, rows: Iterable[Row]) -> None:
         """Replace the fleet's entries with (public key, address, hostname, requested[,
         labels])."""
-        self._members[fleet] = {
-            row[1]: _entry(row[0], row[2], row[3], row[4] if len(row) > 4 else None) for row in rows
-        }
+        self.install(fleet, entries_of(rows))
+
+    def watch(self, fleet: str) -> None:
+        """Keep a journal of the fleet's changes from now on: a pass that read the rows
+        here installs them later, with what happened in between replayed over them."""
+        self._journals[fleet] = []
+
+    def unwatch(self, fleet: str) -> None:
+        self._journals.pop(fleet, None)
+
+    def install(self, fleet: str, entries: Entries) -> Changes:
+        """Make `entries` (read from the database when `watch` was called) the fleet's,
+        with the changes journaled since replayed over them; the keys those changes
+        added and removed. Without a `watch`, simply the entries."""
+        added: set[str] = set()
+        removed: set[str] = set()
+        for address, before, after in self._journals.pop(fleet, []):
+            if after is None:
+                entries.pop(address, None)
+            else:
+                entries[address] = after
+            if before is not None and (after is None or after[0] != before[0]):
+                removed.add(before[0])
+            if after is not None and (before is None or after[0] != before[0]):
+                added.add(after[0])
+        self._members[fleet] = entries
+        return Changes(frozenset(added - removed), frozenset(removed - added))
+
+    def _set(self, fleet: str, address: str, entry: _Entry | None) -> None:
+        members = self._members.setdefault(fleet, {})
+        before = members.get(address)
+        if entry is None:
+            members.pop(address, None)
+        else:
+            members[address] = entry
+        journal = self._journals.get(fleet)
+        if journal is not None:
+            journal.append((address, before, entry))
 
     def find(self, fleet: str, address: str) -> Member | None:
         entry = self._members.get(fleet, {}).get(address)
@@ -72,7 +127,7 @@ class Roster:
         members = self._members.setdefault(fleet, {})
         current = members.get(address)
         if current is None or current[0] != public_key:
-            members[address] = (public_key, None, None, None)
+            self._set(fleet, address, (public_key, None, None, None))
 
     def rename(
         self,
@@ -84,12 +139,13 @@ class Roster:
     ) -> None:
         member = self.find(fleet, address)
         if member is not None:
-            self._members[fleet][address] = _entry(member.public_key, hostname, requested, labels)
+            self._set(fleet, address, _entry(member.public_key, hostname, requested, labels))
 
     def remove(self, fleet: str, addresses: Iterable[str]) -> None:
         members = self._members.get(fleet, {})
         for address in addresses:
-            members.pop(address, None)
+            if address in members:
+                self._set(fleet, address, None)
 
     def handshakes_known(self, fleet: str) -> bool:
         return fleet in self._handshakes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv6Address
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 import pruning
 from context import AppContext
 from database import Client, Database
+from leaving import leave_fleet
 from pruning import Pruner, SweepReport, newer_handshakes, prune_cutoff, store_sweep
 from tests.conftest import Running
 from tests.fakes import FakeClock, FakeWireGuard
@@ -541,3 +543,57 @@ async def test_restart_persists_live_handshakes(
         moment = datetime.fromtimestamp(handshake, UTC)
         assert await rows(running) == {key: (address, None, moment)}
         assert peers(fake_wg) == {key: f"{address}/128"}
+
+
+async def test_a_pass_holds_no_registration_up_while_it_compares_and_stores(
+    start_app: StartApp,
+    fake_wg: FakeWireGuard,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While a pass compares and stores (the fleet's lock released), a client registers,
+    another is renamed and a third leaves: the pass prunes the stale one, takes the new
+    peer for no stray, and neither undoes the rename nor restores the peer of the one
+    that left (missing from the interface before the pass)."""
+    async with start_app(prune_timeout="10m") as running:
+        _, stale_key = await register(running)
+        clock.advance(minutes=11)
+        renamed_address, renamed_key = await register(running)
+        left_address, left_key = await register(running)
+        del fake_wg.interfaces["wg_alpha"].peers[left_key]  # a peer lost by hand
+        comparing, go_on = threading.Event(), threading.Event()
+        real_compare = pruning.compare
+
+        def held_compare(*args: Any) -> Any:
+            comparing.set()
+            assert go_on.wait(10), "the test never let the pass go on"
+            return real_compare(*args)
+
+        monkeypatch.setattr(pruning, "compare", held_compare)
+        sweep = asyncio.create_task(pruning.sweep_fleet(running.context, "alpha"))
+        try:
+            assert await asyncio.to_thread(comparing.wait, 10)
+            # Each of these needs the fleet's lock: they would time out were it held.
+            new_address, new_key = await asyncio.wait_for(register(running), 10)
+            await asyncio.wait_for(ping(running, renamed_address, "digger"), 10)
+            await asyncio.wait_for(
+                leave_fleet(running.context, "alpha", IPv6Address(left_address)), 10
+            )
+        finally:
+            go_on.set()
+        report = await asyncio.wait_for(sweep, 10)
+
+        assert report.pruned == 1
+        assert report.removed_unknown == 0
+        assert report.restored == 0
+        assert set(peers(fake_wg)) == {renamed_key, new_key}
+        assert set(await rows(running)) == {renamed_key, new_key}
+        roster = running.context.roster
+        new_member = roster.find("alpha", new_address)
+        assert new_member is not None
+        assert new_member.public_key == new_key
+        renamed = roster.find("alpha", renamed_address)
+        assert renamed is not None
+        assert renamed.hostname == "digger"
+        assert roster.find("alpha", left_address) is None
+        assert stale_key not in peers(fake_wg)

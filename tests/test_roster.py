@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from roster import Member, Roster
+from roster import Changes, Member, Roster, entries_of
 
 
 def keys(count: int) -> list[str]:
@@ -45,3 +45,33 @@ def test_entries_are_not_walked_by_the_collector() -> None:
     tracked = [o for o in gc.get_objects() if isinstance(o, tuple) and o and isinstance(o[0], str)]
     assert [entry for entry in tracked if entry[0] in wanted] == []
     assert roster.size("alpha") == 2000
+
+
+def test_install_replays_what_happened_since_watch() -> None:
+    """Rows read when `watch` was called, installed later: the registrations, renames
+    and removals made in between are kept, and their keys reported."""
+    roster = Roster()
+    roster.load("alpha", [("k1", "fd00::1", None, None), ("k2", "fd00::2", None, None)])
+    roster.watch("alpha")
+    read = entries_of([("k1", "fd00::1", None, None), ("k2", "fd00::2", None, None)])
+    roster.add("alpha", "k3", "fd00::3")  # registered meanwhile
+    roster.rename("alpha", "fd00::1", "excavator", "excavator")
+    roster.remove("alpha", ["fd00::2"])  # left meanwhile
+    changes = roster.install("alpha", read)
+    assert changes == Changes(added=frozenset({"k3"}), removed=frozenset({"k2"}))
+    assert roster.find("alpha", "fd00::3") == Member("k3", None, None)
+    assert roster.find("alpha", "fd00::1") == Member("k1", "excavator", "excavator")
+    assert roster.find("alpha", "fd00::2") is None
+    # The journal ended with the install: later changes are not kept for anyone.
+    roster.add("alpha", "k4", "fd00::4")
+    assert roster.install("alpha", entries_of([])) == Changes(frozenset(), frozenset())
+    assert roster.size("alpha") == 0
+
+
+def test_unwatch_drops_the_journal() -> None:
+    roster = Roster()
+    roster.load("alpha", [])
+    roster.watch("alpha")
+    roster.add("alpha", "k1", "fd00::1")
+    roster.unwatch("alpha")
+    assert roster.install("alpha", entries_of([])) == Changes(frozenset(), frozenset())
