@@ -193,7 +193,8 @@ def failure_kind(error: Exception) -> str:
 
 
 async def sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool = False) -> SweepReport:
-    """One pass over one fleet; holds the fleet's lock so no registration interleaves.
+    """One pass over one fleet, one at a time; it holds the fleet's lock while it reads
+    the interface and the rows and while it changes peers (see `_sweep_fleet`).
 
     A failure (a `wg` that fails, a database that does not answer) is remembered for
     `/health` until a pass over the fleet succeeds again, and raised.
