@@ -219,21 +219,21 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
     # while peers are changed: never while tens of thousands of them are compared and
     # stored, which would hold up every registration for most of a second. What the
     # fleet's clients do in between is journaled by the roster and respected below.
-    async with lock:
-        repair = await repair_link(context, fleet, at_startup=at_startup)
-        # Dump before reading the rows: every peer in the dump then has its row
-        # committed already, so no peer being registered can be taken for a stray.
-        dump = await context.wireguard.dump(fleet)
-        dump = await repair_settings(context, fleet, repair.link, dump)
-        context.status.store(fleet, dump)
-        first = not roster.handshakes_known(fleet)
-        # Read before pings switch to committing directly: while the database is down
-        # the pass fails here, and pings of known clients are still answered from memory.
-        members, stored = await context.database.read(
-            lambda session: select_members(session, fleet, with_handshakes=first)
-        )
-        roster.watch(fleet)
     try:
+        async with lock:
+            repair = await repair_link(context, fleet, at_startup=at_startup)
+            # Dump before reading the rows: every peer in the dump then has its row
+            # committed already, so no peer being registered can be taken for a stray.
+            dump = await context.wireguard.dump(fleet)
+            dump = await repair_settings(context, fleet, repair.link, dump)
+            context.status.store(fleet, dump)
+            first = not roster.handshakes_known(fleet)
+            # Read before pings switch to committing directly: while the database is down
+            # the pass fails here, and pings of known clients are still answered from memory.
+            roster.watch(fleet)  # from here on, what clients do is journaled
+            members, stored = await context.database.read(
+                lambda session: select_members(session, fleet, with_handshakes=first)
+            )
         known = roster.stored_handshakes(fleet)
         now = context.clock()
         cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
