@@ -215,25 +215,26 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
     interface = interface_name(fleet)
     roster = context.roster
     lock = context.fleet_locks[fleet]
-    # The fleet's lock is held while the interface and the rows are read, and again
-    # while peers are changed: never while tens of thousands of them are compared and
-    # stored, which would hold up every registration for most of a second. What the
-    # fleet's clients do in between is journaled by the roster and respected below.
+    # The fleet's lock is held only while the link is checked and while peers and the
+    # interface's settings are changed: never while tens of thousands of peers and rows
+    # are read, compared and stored, which would hold up every registration for most of
+    # a second. What clients do meanwhile (register, rename, leave) is journaled by the
+    # roster and respected below; a batch still in flight while the interface is read
+    # holds the lock, so it has finished, and is in the journal, before peers change.
     try:
         async with lock:
             repair = await repair_link(context, fleet, at_startup=at_startup)
-            # Dump before reading the rows: every peer in the dump then has its row
-            # committed already, so no peer being registered can be taken for a stray.
-            dump = await context.wireguard.dump(fleet)
-            dump = await repair_settings(context, fleet, repair.link, dump)
-            context.status.store(fleet, dump)
-            first = not roster.handshakes_known(fleet)
-            # Read before pings switch to committing directly: while the database is down
-            # the pass fails here, and pings of known clients are still answered from memory.
             roster.watch(fleet)  # from here on, what clients do is journaled
-            members, stored = await context.database.read(
-                lambda session: select_members(session, fleet, with_handshakes=first)
-            )
+        dump = await context.wireguard.dump(fleet)
+        async with lock:
+            dump = await repair_settings(context, fleet, repair.link, dump)
+        context.status.store(fleet, dump)
+        first = not roster.handshakes_known(fleet)
+        # Read before pings switch to committing directly: while the database is down
+        # the pass fails here, and pings of known clients are still answered from memory.
+        members, stored = await context.database.read(
+            lambda session: select_members(session, fleet, with_handshakes=first)
+        )
         known = roster.stored_handshakes(fleet)
         now = context.clock()
         cutoff = prune_cutoff(now, context.config.prune_timeout_of(fleet), context.started_at)
@@ -258,10 +259,10 @@ async def _sweep_fleet(context: AppContext, fleet: str, *, at_startup: bool) -> 
                 raise
         if pruned:
             context.publisher.changed()  # even if `wg` fails below
+        entries, plan = await asyncio.to_thread(
+            settle, members, wanted, known, handshakes, pruned, dump
+        )
         async with lock:
-            entries, plan = await asyncio.to_thread(
-                settle, members, wanted, known, handshakes, pruned, dump
-            )
             changes = roster.install(fleet, entries)
             # Registered meanwhile: not a stray. Removed meanwhile: not to be restored.
             plan = PeerPlan(

@@ -597,3 +597,35 @@ async def test_a_pass_holds_no_registration_up_while_it_compares_and_stores(
         assert renamed.hostname == "digger"
         assert roster.find("alpha", left_address) is None
         assert stale_key not in peers(fake_wg)
+
+
+async def test_a_registration_goes_through_while_a_pass_reads_the_interface(
+    start_app: StartApp, fake_wg: FakeWireGuard, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dump of tens of thousands of peers is read without the fleet's lock: a client
+    registers meanwhile, and the pass leaves its peer and its roster entry alone."""
+    async with start_app(prune_timeout="10m") as running:
+        await register(running)
+        wireguard = running.context.wireguard
+        real_dump = wireguard.dump
+        reading, go_on = asyncio.Event(), asyncio.Event()
+
+        async def held_dump(fleet: str) -> InterfaceDump:
+            reading.set()
+            await go_on.wait()
+            return await real_dump(fleet)
+
+        monkeypatch.setattr(wireguard, "dump", held_dump)
+        sweep = asyncio.create_task(pruning.sweep_fleet(running.context, "alpha"))
+        try:
+            await asyncio.wait_for(reading.wait(), 10)
+            new_address, new_key = await asyncio.wait_for(register(running), 10)
+        finally:
+            go_on.set()
+        report = await asyncio.wait_for(sweep, 10)
+
+        assert report.removed_unknown == 0
+        assert peers(fake_wg)[new_key] == f"{new_address}/128"
+        member = running.context.roster.find("alpha", new_address)
+        assert member is not None
+        assert member.public_key == new_key
