@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from database import CLIENTS, Base, UTCDateTime, text
-from errors import ClientNotFound, Forbidden, WgFleetError
+from database import Base, UTCDateTime, delete_client_at, text
+from errors import Forbidden, WgFleetError
 from events import Subject, record
 
 
@@ -61,30 +61,28 @@ def remove_client(
     """Delete the fleet's client at `address` (and ban its key); commit.
 
     Raises `ClientNotFound` when there is none."""
-    row = session.execute(
-        select(CLIENTS.c.id, CLIENTS.c.public_key, CLIENTS.c.hostname).where(
-            CLIENTS.c.fleet == fleet, CLIENTS.c.address == address
-        )
-    ).one_or_none()
-    if row is None:
-        raise ClientNotFound(f"No client with address {address} is registered in fleet {fleet}.")
-    session.execute(delete(CLIENTS).where(CLIENTS.c.id == row.id))
-    subject = Subject(address, row.public_key, row.hostname)
+    public_key, hostname = delete_client_at(
+        session,
+        fleet,
+        address,
+        f"No client with address {address} is registered in fleet {fleet}.",
+    )
+    subject = Subject(address, public_key, hostname)
     record(session, "removed", fleet=fleet, node=node, time=time, subject=subject)
     if ban:
-        if session.get(Ban, row.public_key) is None:
+        if session.get(Ban, public_key) is None:
             session.add(
                 Ban(
-                    public_key=row.public_key,
+                    public_key=public_key,
                     fleet=fleet,
                     address=address,
-                    hostname=row.hostname,
+                    hostname=hostname,
                     banned_at=time,
                 )
             )
         record(session, "banned", fleet=fleet, node=node, time=time, subject=subject)
     session.commit()
-    return Removed(row.public_key, address, row.hostname)
+    return Removed(public_key, address, hostname)
 
 
 def list_bans(session: Session) -> list[Ban]:

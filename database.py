@@ -28,15 +28,17 @@ from sqlalchemy import (
     UniqueConstraint,
     case,
     create_engine,
+    delete,
     event,
     false,
+    select,
 )
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from errors import DatabaseUnavailable
+from errors import ClientNotFound, DatabaseUnavailable
 from migrations import upgrade
 
 T = TypeVar("T")
@@ -195,3 +197,19 @@ CLIENTS: Table = Client.__table__  # type: ignore[assignment]
 def advanced(column: ColumnElement[datetime], moment: Any) -> ColumnElement[datetime]:
     """SQL for `max(column, moment)`: times only ever move forward (portable, no GREATEST)."""
     return case((column < moment, moment), else_=column)
+
+
+def delete_client_at(
+    session: Session, fleet: str, address: str, missing: str
+) -> tuple[str, str | None]:
+    """Delete the fleet's client at `address` (not committed); its (public key,
+    hostname). Raises `ClientNotFound` with the sentence `missing` when there is none."""
+    row = session.execute(
+        select(CLIENTS.c.id, CLIENTS.c.public_key, CLIENTS.c.hostname).where(
+            CLIENTS.c.fleet == fleet, CLIENTS.c.address == address
+        )
+    ).one_or_none()
+    if row is None:
+        raise ClientNotFound(missing)
+    session.execute(delete(CLIENTS).where(CLIENTS.c.id == row.id))
+    return row.public_key, row.hostname

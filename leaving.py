@@ -16,13 +16,12 @@ from datetime import datetime
 from functools import partial
 from ipaddress import IPv6Address
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from command import CommandError
 from context import AppContext
-from database import CLIENTS
-from errors import ClientNotFound
+from database import CLIENTS, delete_client_at
 from events import Subject, record
 from registry import local_fleet
 
@@ -40,22 +39,18 @@ def delete_client(
     given); its (public key, hostname).
 
     Raises `ClientNotFound` when there is none."""
-    row = session.execute(
-        select(CLIENTS.c.id, CLIENTS.c.public_key, CLIENTS.c.hostname).where(
-            CLIENTS.c.fleet == fleet, CLIENTS.c.address == address
-        )
-    ).one_or_none()
-    if row is None:
-        raise ClientNotFound(
-            f"No client with address {address} is registered in fleet {fleet}; "
-            "there is nothing to leave."
-        )
-    session.execute(delete(CLIENTS).where(CLIENTS.c.id == row.id))
+    public_key, hostname = delete_client_at(
+        session,
+        fleet,
+        address,
+        f"No client with address {address} is registered in fleet {fleet}; "
+        "there is nothing to leave.",
+    )
     if time is not None:
-        subject = Subject(address, row.public_key, row.hostname)
+        subject = Subject(address, public_key, hostname)
         record(session, "left", fleet=fleet, node=node, time=time, subject=subject)
     session.commit()
-    return row.public_key, row.hostname
+    return public_key, hostname
 
 
 def is_registered(session: Session, public_key: str) -> bool:
